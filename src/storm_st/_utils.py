@@ -1,0 +1,85 @@
+"""Small helpers shared by the public verbs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+
+def get_adata(data: Any, table_key: str | None = None) -> AnnData:
+    """Return the AnnData to work on: ``data`` itself, or ``data.tables[table_key]`` for SpatialData.
+
+    Parameters
+    ----------
+    data
+        An :class:`~anndata.AnnData` or a :class:`~spatialdata.SpatialData` object.
+    table_key
+        Table of the SpatialData object; may be omitted when it has exactly one table.
+    """
+    from anndata import AnnData
+
+    if isinstance(data, AnnData):
+        if table_key is not None:
+            raise ValueError("table_key is only meaningful for a SpatialData object; got an AnnData.")
+        return data
+    tables = getattr(data, "tables", None)
+    if tables is None:
+        raise TypeError(f"Expected an AnnData or SpatialData object, got {type(data).__name__}.")
+    if table_key is None:
+        if len(tables) != 1:
+            raise ValueError(
+                f"This SpatialData object has {len(tables)} tables ({', '.join(tables) or 'none'}); pass table_key=."
+            )
+        table_key = next(iter(tables))
+    if table_key not in tables:
+        raise KeyError(f"table_key {table_key!r} not found; tables are: {', '.join(tables)}.")
+    return tables[table_key]
+
+
+def data_dir() -> Path:
+    """Root of the shared real datasets: ``$STORM_ST_DATA`` or ``../shared/data`` next to the project."""
+    env = os.environ.get("STORM_ST_DATA")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        cand = parent / "shared" / "data"
+        if cand.is_dir():
+            return cand
+        cand = parent.parent / "shared" / "data"
+        if cand.is_dir():
+            return cand
+    return Path.cwd().parent / "shared" / "data"
+
+
+def check_counts(X: Any, *, integer: bool = True, what: str = "adata.X") -> None:
+    """Raise a clear error for NaN, negative (and, if ``integer``, non-integer) expression values."""
+    import scipy.sparse as sp
+
+    vals = X.data if sp.issparse(X) else np.asarray(X)
+    if vals.size == 0:
+        return
+    if not np.isfinite(vals).all():
+        raise ValueError(f"{what} contains NaN or infinite values; counts must be finite.")
+    if (vals < 0).any():
+        raise ValueError(f"{what} contains negative values; raw counts (or normalised non-negative values) are needed.")
+    if integer and not np.allclose(vals, np.round(vals)):
+        raise ValueError(
+            f"{what} contains non-integer values where raw counts are expected. Pass raw counts (e.g. adata.layers"
+            "['counts']) or tell the function the data are already normalised."
+        )
+
+
+def resolve_device(device: str | None = None) -> Any:
+    """``'cuda'`` when available (or as asked), else ``'cpu'``."""
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
