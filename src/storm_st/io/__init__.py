@@ -1,7 +1,9 @@
 """Readers: Visium / Space Ranger, legacy ST (HER2ST), SpatialData, whole-slide H&E images."""
 
 from ._readers import concat_slides, read_dlpfc, read_her2st, read_her2st_section, read_visium, validate_slide
+from ._sdata import read_spatialdata, to_spatialdata
 from ._slide import ImageLevel, SlideView, library_ids, resolve_mpp, slide_views
+from ._wsi import read_wsi, tissue_mask
 
 __all__ = [
     "ImageLevel",
@@ -11,8 +13,12 @@ __all__ = [
     "read_dlpfc",
     "read_her2st",
     "read_her2st_section",
+    "read_spatialdata",
     "read_visium",
+    "read_wsi",
     "resolve_mpp",
     "slide_views",
+    "tissue_mask",
+    "to_spatialdata",
     "validate_slide",
 ]
