@@ -1,6 +1,21 @@
-"""STORM network: spot encoders, spatial encoder, heads (plain torch modules)."""
+"""STORM network: spot encoders, spatial encoder, heads (plain torch modules, no AnnData)."""
 
+from ._config import PRESETS, StormConfig
+from ._io import from_pretrained, load_backbone_weights, load_model, save_pretrained
+from ._layers import alibi_bias, alibi_slopes
+from ._storm import GeneEncoder, HEEncoder, StormModel, WindowTokens
 
-def load_model(name_or_path="default", **kwargs):
-    """Load a STORM model (placeholder until the model layer lands)."""
-    raise NotImplementedError
+__all__ = [
+    "PRESETS",
+    "GeneEncoder",
+    "HEEncoder",
+    "StormConfig",
+    "StormModel",
+    "WindowTokens",
+    "alibi_bias",
+    "alibi_slopes",
+    "from_pretrained",
+    "load_backbone_weights",
+    "load_model",
+    "save_pretrained",
+]

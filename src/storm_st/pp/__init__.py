@@ -1,1 +1,18 @@
-"""storm_st.pp."""
+"""Preprocessing: spot patches at physical scale, neighbour windows, gene vocabulary, normalisation."""
+
+from ._genes import GeneAlignment, align_genes, expression_input, gene_symbols, log_normalize, normalize
+from ._neighbors import knn_window, neighbor_windows
+from ._patches import extract_patches, spot_patches
+
+__all__ = [
+    "GeneAlignment",
+    "align_genes",
+    "expression_input",
+    "extract_patches",
+    "gene_symbols",
+    "knn_window",
+    "log_normalize",
+    "neighbor_windows",
+    "normalize",
+    "spot_patches",
+]

@@ -1,0 +1,113 @@
+"""Inference engine shared by ``tl`` and ``train``: spot tokens once per spot, then windows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from storm_st.data import PreparedSlide
+from storm_st.models import StormModel
+
+#: the 8 symmetries of the square (rotations x flips), for augmentation / test-time averaging
+D4 = [(k, f) for f in (False, True) for k in range(4)]
+
+
+def _d4(patches: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.flip(patches, dims=(-1,)) if flip else patches
+    return torch.rot90(x, k, dims=(-2, -1)) if k else x
+
+
+@dataclass
+class SlideEncoding:
+    """Per-spot outputs of one slide.
+
+    Attributes
+    ----------
+    embedding
+        ``(n, h)`` centre-spot embeddings from the spatial encoder.
+    he_features
+        ``(n, C)`` H&E backbone features (or ``None``).
+    gene_tokens
+        ``(n, h)`` gene-encoder tokens (or ``None``).
+    """
+
+    embedding: np.ndarray
+    he_features: np.ndarray | None
+    gene_tokens: np.ndarray | None
+
+
+@torch.no_grad()
+def encode_slide(
+    model: StormModel,
+    slide: PreparedSlide,
+    *,
+    use_he: bool,
+    use_gene: bool,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    d4: tuple[int, bool] = (0, False),
+    progress=None,
+) -> SlideEncoding:
+    """Encode every spot of ``slide``: the backbone runs once per spot, windows index the token table.
+
+    Parameters
+    ----------
+    model
+        STORM model (put in eval mode by the caller).
+    slide
+        Prepared slide.
+    use_he, use_gene
+        Modalities to feed.
+    batch_size
+        Spots per backbone / spatial-encoder batch.
+    device
+        Torch device.
+    d4
+        ``(rotations, flip)`` applied to every patch (for test-time augmentation).
+    progress
+        Optional callable ``progress(n_done)`` advanced per batch.
+    """
+    device = torch.device(device)
+    cfg = model.config
+    tables: dict[str, torch.Tensor] = {}
+    available: dict[str, torch.Tensor] = {}
+    he_feats = gene_toks = None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    if use_he:
+        feats, toks = [], []
+        for s in range(0, slide.n, batch_size):
+            rows = np.arange(s, min(s + batch_size, slide.n))
+            p = torch.from_numpy(slide.read_patches(rows, cfg.image_size)).permute(0, 3, 1, 2).to(device)
+            p = _d4(p, *d4)
+            with autocast:
+                f, t = model.encode_he(p)
+            feats.append(f.float().cpu())
+            toks.append(t.float())
+            if progress is not None:
+                progress(len(rows) / (2 if use_gene else 1))
+        tables["he"] = torch.cat(toks)
+        available["he"] = torch.ones(slide.n, dtype=torch.bool, device=device)
+        he_feats = torch.cat(feats).numpy()
+    if use_gene:
+        toks = []
+        present = torch.from_numpy(slide.present).to(device)
+        for s in range(0, slide.n, batch_size):
+            e = torch.from_numpy(slide.expr[s : s + batch_size]).to(device)
+            toks.append(model.encode_gene(e, present).float())
+            if progress is not None and use_he:
+                progress(min(batch_size, slide.n - s) / 2)
+            elif progress is not None:
+                progress(min(batch_size, slide.n - s))
+        tables["gene"] = torch.cat(toks)
+        available["gene"] = torch.ones(slide.n, dtype=torch.bool, device=device)
+        gene_toks = tables["gene"].cpu().numpy()
+    emb = []
+    nb = torch.from_numpy(slide.neighbors)
+    rel = torch.from_numpy(slide.rel_pos)
+    for s in range(0, slide.n, batch_size):
+        with autocast:
+            e = model(tables, available, nb[s : s + batch_size].to(device), rel[s : s + batch_size].to(device))
+        emb.append(e.float().cpu())
+    return SlideEncoding(torch.cat(emb).numpy(), he_feats, gene_toks)

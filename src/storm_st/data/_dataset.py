@@ -1,0 +1,302 @@
+"""Slides prepared for the network, neighbour-window batches and the typed batch object."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from storm_st._constants import Platform
+from storm_st.io._slide import SlideView, slide_views
+from storm_st.pp._genes import align_genes, expression_input
+from storm_st.pp._neighbors import knn_window
+from storm_st.pp._patches import extract_patches
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from storm_st.models import StormConfig
+
+
+@dataclass
+class PreparedSlide:
+    """One slide in the form the network consumes.
+
+    Attributes
+    ----------
+    library_id
+        Slide name.
+    obs_indices
+        Rows of the source AnnData.
+    neighbors
+        ``(n, K)`` window table in local rows (``-1`` = padding), centre first.
+    rel_pos
+        ``(n, K, 2)`` neighbour offsets from the centre in lattice pitches.
+    pitch_um
+        Spot pitch (median nearest-neighbour distance) in µm.
+    view
+        The slide view (image access), or ``None``.
+    expr
+        ``(n, V)`` log-normalised expression over the model vocabulary, or ``None``.
+    present
+        ``(V,)`` bool, vocabulary genes measured on the slide, or ``None``.
+    patches
+        Optional cache ``(n, S, S, 3)`` uint8 of spot patches.
+    fov_um
+        Field of view of the patches in µm.
+    """
+
+    library_id: str
+    obs_indices: np.ndarray
+    neighbors: np.ndarray
+    rel_pos: np.ndarray
+    pitch_um: float
+    view: SlideView | None
+    expr: np.ndarray | None
+    present: np.ndarray | None
+    patches: np.ndarray | None
+    fov_um: float
+
+    @property
+    def n(self) -> int:
+        """Number of spots."""
+        return len(self.obs_indices)
+
+    @property
+    def has_he(self) -> bool:
+        """Whether patches can be read."""
+        return self.patches is not None or (self.view is not None and self.view.has_image)
+
+    @property
+    def has_gene(self) -> bool:
+        """Whether expression is available."""
+        return self.expr is not None
+
+    def read_patches(self, rows: np.ndarray, size: int) -> np.ndarray:
+        """Patches of ``rows`` (from the cache if present), ``(len(rows), size, size, 3)`` uint8."""
+        if self.patches is not None and self.patches.shape[1] == size:
+            return self.patches[rows]
+        if self.view is None or not self.view.has_image:
+            raise ValueError(f"Slide {self.library_id!r} has no image.")
+        return extract_patches(self.view, rows, fov_um=self.fov_um, size=size)
+
+
+def _pitch(coords_um: np.ndarray) -> float:
+    from scipy.spatial import cKDTree
+
+    if len(coords_um) < 2:
+        return 1.0
+    d = cKDTree(coords_um).query(coords_um, k=2)[0][:, 1]
+    d = d[d > 0]
+    return float(np.median(d)) if len(d) else 1.0
+
+
+def prepare_slides(
+    adata: AnnData,
+    config: StormConfig,
+    *,
+    use_he: bool,
+    use_gene: bool,
+    library_key: str | None = None,
+    layer: str | None = None,
+    window: int | None = None,
+    cache_patches: int | None = None,
+    min_gene_overlap: int = 1,
+) -> list[PreparedSlide]:
+    """Turn ``adata`` (one or several slides) into :class:`PreparedSlide` objects.
+
+    Parameters
+    ----------
+    adata
+        AnnData in the storm_st / squidpy Visium layout.
+    config
+        Model configuration (vocabulary, patch geometry, window size).
+    use_he, use_gene
+        Which modalities to prepare; an image / expression is then required.
+    library_key
+        ``obs`` column naming each spot's slide.
+    layer
+        Layer holding raw counts (default ``layers['counts']`` or ``X``).
+    window
+        Window size; default 25 for spot platforms and 9 for cell-level platforms.
+    cache_patches
+        If given, read all patches once at this size and keep them in memory (training).
+    min_gene_overlap
+        Minimum number of vocabulary genes that must be measured.
+    """
+    if adata.n_obs == 0:
+        raise ValueError("adata has no spots (n_obs == 0): nothing to embed.")
+    views = slide_views(adata, library_key=library_key, require_image=use_he, require_scale=use_he)
+    expr_all = present = None
+    if use_gene:
+        if not config.gene_vocab:
+            raise ValueError("The model has no gene vocabulary; it cannot encode expression (use modalities='he').")
+        if adata.n_vars == 0:
+            raise ValueError("adata has no genes (n_vars == 0); use modalities='he' for H&E-only data.")
+        al = align_genes(adata, config.gene_vocab, min_genes=min_gene_overlap)
+        expr_all = expression_input(adata, al, layer=layer)
+        present = al.present
+    out = []
+    for view in views:
+        if view.n_spots < 1:
+            continue
+        k = window or (9 if view.platform in Platform.CELL_LEVEL else config.window)
+        coords = view.coords_um if np.isfinite(view.mpp) else view.coords_px
+        pitch = _pitch(coords)
+        nb = knn_window(coords, k, pitch=pitch)
+        rel = coords[np.clip(nb, 0, None)] - coords[:, None, :]
+        rel[nb < 0] = 0
+        rel = (rel / pitch).astype(np.float32)
+        if view.platform in Platform.CELL_LEVEL:
+            fov = config.fov_um or Platform.CELL_FOV_UM
+        else:
+            fov = config.fov_um or view.spot_diameter_um
+        ps = PreparedSlide(
+            library_id=view.library_id,
+            obs_indices=view.obs_indices,
+            neighbors=nb,
+            rel_pos=rel,
+            pitch_um=pitch,
+            view=view if use_he else None,
+            expr=expr_all[view.obs_indices] if expr_all is not None else None,
+            present=present,
+            patches=None,
+            fov_um=float(fov),
+        )
+        if use_he and cache_patches:
+            ps.patches = extract_patches(view, fov_um=ps.fov_um, size=cache_patches)
+        out.append(ps)
+    if not out:
+        raise ValueError("adata has no spots to embed.")
+    return out
+
+
+@dataclass
+class SpotBatch:
+    """A batch of neighbour windows over a table of unique spots.
+
+    Attributes
+    ----------
+    patches
+        ``(U, 3, S, S)`` uint8 patches of the unique spots, or ``None``.
+    expr
+        ``(U, V)`` log-normalised expression, or ``None``.
+    present
+        ``(U, V)`` bool measured-gene mask, or ``None``.
+    has_he, has_gene
+        ``(U,)`` bool modality availability.
+    window_index
+        ``(B, K)`` rows of the unique-spot table (``-1`` = padding); column 0 = centre.
+    rel_pos
+        ``(B, K, 2)`` offsets in lattice pitches.
+    centre_rows
+        ``(B,)`` rows of the centres in their slide (for writing results back).
+    """
+
+    patches: torch.Tensor | None
+    expr: torch.Tensor | None
+    present: torch.Tensor | None
+    has_he: torch.Tensor
+    has_gene: torch.Tensor
+    window_index: torch.Tensor
+    rel_pos: torch.Tensor
+    centre_rows: torch.Tensor
+
+    def to(self, device: torch.device | str) -> SpotBatch:
+        """Move every tensor to ``device``."""
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kw[f.name] = v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        return SpotBatch(**kw)
+
+
+def make_batch(
+    slide: PreparedSlide,
+    centres: np.ndarray,
+    *,
+    image_size: int | None,
+    use_he: bool,
+    use_gene: bool,
+    patch_size: int | None = None,
+) -> SpotBatch:
+    """Collate the windows of ``centres`` (rows of ``slide``) into a :class:`SpotBatch`.
+
+    Every spot that appears in any window is read and encoded once.
+    """
+    nb = slide.neighbors[centres]
+    uniq, inv = np.unique(nb[nb >= 0], return_inverse=True)
+    window_index = np.full(nb.shape, -1, dtype=np.int64)
+    window_index[nb >= 0] = inv
+    U = len(uniq)
+    patches = expr = present = None
+    he = use_he and slide.has_he
+    ge = use_gene and slide.has_gene
+    if he:
+        size = patch_size or image_size
+        patches = torch.from_numpy(slide.read_patches(uniq, size)).permute(0, 3, 1, 2).contiguous()
+    if ge:
+        expr = torch.from_numpy(slide.expr[uniq])
+        present = torch.from_numpy(np.broadcast_to(slide.present, (U, len(slide.present))).copy())
+    return SpotBatch(
+        patches=patches,
+        expr=expr,
+        present=present,
+        has_he=torch.full((U,), he, dtype=torch.bool),
+        has_gene=torch.full((U,), ge, dtype=torch.bool),
+        window_index=torch.from_numpy(window_index),
+        rel_pos=torch.from_numpy(slide.rel_pos[centres]),
+        centre_rows=torch.from_numpy(np.asarray(centres, dtype=np.int64)),
+    )
+
+
+class WindowSampler(torch.utils.data.IterableDataset):
+    """Endless random batches of windows: a slide (weighted by size), then ``windows`` centres in it."""
+
+    def __init__(
+        self,
+        slides: list[PreparedSlide],
+        *,
+        windows: int,
+        steps: int,
+        patch_size: int,
+        use_he: bool = True,
+        use_gene: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.slides, self.windows, self.steps = slides, windows, steps
+        self.patch_size, self.use_he, self.use_gene, self.seed = patch_size, use_he, use_gene, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[SpotBatch]:
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else 0
+        rng = np.random.default_rng([self.seed, self.epoch, wid])
+        self.epoch += 1
+        sizes = np.array([s.n for s in self.slides], dtype=np.float64)
+        p = sizes / sizes.sum()
+        n_workers = info.num_workers if info is not None else 1
+        for _ in range(wid, self.steps, n_workers):
+            s = self.slides[rng.choice(len(self.slides), p=p)]
+            centres = rng.choice(s.n, size=min(self.windows, s.n), replace=False)
+            yield make_batch(
+                s, centres, image_size=None, use_he=self.use_he, use_gene=self.use_gene, patch_size=self.patch_size
+            )
+
+
+def iter_slide_batches(
+    slide: PreparedSlide, *, batch_size: int, image_size: int, use_he: bool, use_gene: bool
+) -> Iterator[SpotBatch]:
+    """Deterministic batches covering every spot of ``slide`` once as a centre (inference)."""
+    for s in range(0, slide.n, batch_size):
+        centres = np.arange(s, min(s + batch_size, slide.n))
+        yield make_batch(slide, centres, image_size=image_size, use_he=use_he, use_gene=use_gene)
+
+

@@ -1,0 +1,113 @@
+"""Configuration of a STORM model (serialised to ``config.json`` next to the weights)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class StormConfig:
+    """Architecture, gene vocabulary and image geometry of a STORM model.
+
+    Attributes
+    ----------
+    he_backbone
+        timm model name of the H&E spot encoder.
+    he_backbone_kwargs
+        Extra keyword arguments for :func:`timm.create_model` (JSON-serialisable; ``"mlp_layer"``
+        and ``"act_layer"`` may name ``"swiglu_packed"`` / ``"silu"``).
+    image_size
+        Side of the square patch given to the backbone, in pixels.
+    fov_um
+        Field of view of a spot patch in µm; ``None`` uses each slide's platform spot diameter.
+    image_mean, image_std
+        Per-channel normalisation of RGB values in [0, 1].
+    gene_vocab
+        Gene symbols (upper case) of the gene encoder and of the ST reconstruction target.
+    gene_embed_dim
+        Width of the learned per-gene embeddings.
+    hidden_dim
+        Width ``h`` of the spatial encoder.
+    depth, num_heads, mlp_ratio, dropout
+        Spatial encoder blocks.
+    window
+        Spots per neighbour window (25 = 5 x 5; 9 for cells).
+    decoder_dim, decoder_depth
+        Masked-spot decoders used in pretraining.
+    head_genes
+        Output genes of the expression head (empty: no head).
+    head_hidden
+        Hidden width of the expression head MLP.
+    name
+        Free-form model name recorded in provenance.
+    """
+
+    he_backbone: str = "resnet18"
+    he_backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 112
+    fov_um: float | None = None
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    gene_vocab: list[str] = field(default_factory=list)
+    gene_embed_dim: int = 128
+    hidden_dim: int = 256
+    depth: int = 4
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    window: int = 25
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    head_genes: list[str] = field(default_factory=list)
+    head_hidden: int = 512
+    name: str = "storm"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dictionary."""
+        d = asdict(self)
+        d["image_mean"] = list(self.image_mean)
+        d["image_std"] = list(self.image_std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StormConfig:
+        """Build from :meth:`to_dict` output; unknown keys raise a clear error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(
+                f"Unknown model config fields {sorted(unknown)}: this checkpoint was written by another version of "
+                "storm_st or the config is corrupted."
+            )
+        d = dict(d)
+        for k in ("image_mean", "image_std"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+#: Named architectures. ``storm-base`` is the paper-sized model around an H0-mini-like ViT-B/14.
+PRESETS: dict[str, dict[str, Any]] = {
+    "storm-small": {},
+    "storm-base": {
+        "he_backbone": "vit_base_patch14_reg4_dinov2",
+        "he_backbone_kwargs": {
+            "img_size": 224,
+            "mlp_layer": "swiglu_packed",
+            "act_layer": "silu",
+            "init_values": 1e-5,
+            "dynamic_img_size": True,
+        },
+        "image_size": 224,
+        "image_mean": (0.707223, 0.578729, 0.703617),
+        "image_std": (0.211883, 0.230117, 0.177517),
+        "gene_embed_dim": 256,
+        "hidden_dim": 768,
+        "depth": 6,
+        "num_heads": 12,
+        "decoder_dim": 512,
+        "head_hidden": 1024,
+        "name": "storm-base",
+    },
+}

@@ -1,0 +1,217 @@
+"""Checkpoints: ``model.safetensors`` + ``config.json`` (with the weights' sha256). No pickle on load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._config import PRESETS, StormConfig
+from ._storm import StormModel
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+FORMAT_VERSION = 1
+_DEFAULT_DIR = Path(__file__).parent / "_weights" / "default"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_pretrained(
+    model: StormModel, path: str | Path, *, dtype: torch.dtype | None = None, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model`` to the folder ``path`` (created if needed).
+
+    Parameters
+    ----------
+    model
+        The model.
+    path
+        Output folder; receives ``model.safetensors`` and ``config.json``.
+    dtype
+        Store floating-point weights in this dtype (e.g. ``torch.float16`` to halve the size).
+    extra
+        Extra JSON-serialisable metadata (training data, metrics, ...) stored under ``"extra"``.
+
+    Returns
+    -------
+    The folder.
+    """
+    from safetensors.torch import save_file
+
+    from storm_st import __version__
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        state[k] = v
+    save_file(state, str(path / WEIGHTS), metadata={"format": "pt"})
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "storm_st_version": __version__,
+        "config": model.config.to_dict(),
+        "sha256": _sha256(path / WEIGHTS),
+        "extra": extra or getattr(model, "extra", {}) or {},
+    }
+    (path / CONFIG).write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    cfg = path / CONFIG
+    if not (path / WEIGHTS).is_file() or not cfg.is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a storm_st checkpoint folder: it needs {WEIGHTS} and {CONFIG} (written by "
+            "storm_st.models.save_pretrained or `storm-st pretrain`)."
+        )
+    try:
+        meta = json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg} is not valid JSON ({e}); the checkpoint is corrupted.") from e
+    if not isinstance(meta, dict) or "config" not in meta or "sha256" not in meta:
+        raise ValueError(f"{cfg} lacks 'config' or 'sha256'; it was not written by storm_st or is corrupted.")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"Checkpoint format {meta['format_version']} is newer than this storm_st understands ({FORMAT_VERSION}); "
+            "upgrade storm_st."
+        )
+    return meta
+
+
+def from_pretrained(path: str | Path, *, map_location: str | torch.device = "cpu", verify: bool = True) -> StormModel:
+    """Load a checkpoint folder written by :func:`save_pretrained` (sha256 verified, no pickle).
+
+    Parameters
+    ----------
+    path
+        Checkpoint folder.
+    map_location
+        Device for the weights.
+    verify
+        Check the weights' sha256 against ``config.json``.
+
+    Returns
+    -------
+    The model in ``eval()`` mode, float32.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = _read_meta(path)
+    if verify:
+        digest = _sha256(path / WEIGHTS)
+        if digest != meta["sha256"]:
+            raise ValueError(
+                f"Checksum mismatch for {path / WEIGHTS}: expected sha256 {meta['sha256'][:12]}..., got {digest[:12]}.... "
+                "The weights file is corrupted or was replaced; re-download or re-train it."
+            )
+    config = StormConfig.from_dict(meta["config"])
+    model = StormModel(config)
+    state = load_file(str(path / WEIGHTS), device=str(map_location))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or bad_shape:
+        raise ValueError(
+            "Weights do not match the architecture in config.json "
+            f"(missing: {missing[:3]}, unexpected: {unexpected[:3]}, wrong shape: {bad_shape[:3]}). "
+            "The config or the weights file is wrong."
+        )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    model.extra = meta.get("extra", {})
+    model.checkpoint_sha256 = meta["sha256"]
+    model.eval()
+    return model
+
+
+def load_model(
+    name_or_path: str | Path = "default",
+    *,
+    he_weights: str | Path | None = None,
+    gene_vocab: list[str] | None = None,
+    map_location: str | torch.device = "cpu",
+    **config_overrides: Any,
+) -> StormModel:
+    """Load a STORM model.
+
+    Parameters
+    ----------
+    name_or_path
+        ``"default"``: the checkpoint embedded in the package (trained on the HER2ST training
+        sections, works offline); a folder written by :func:`save_pretrained` or ``storm-st pretrain``;
+        or an architecture name (``"storm-small"``, ``"storm-base"``) for a fresh, randomly
+        initialised model.
+    he_weights
+        Local weights file (safetensors, timm key names) for the H&E backbone of a fresh
+        architecture, e.g. H0-mini's ``model.safetensors`` for ``"storm-base"``.
+    gene_vocab
+        Gene vocabulary of a fresh architecture.
+    map_location
+        Device.
+    **config_overrides
+        Fields of :class:`~storm_st.models.StormConfig` for a fresh architecture.
+
+    Returns
+    -------
+    The model, in ``eval()`` mode.
+    """
+    name = str(name_or_path)
+    if name == "default":
+        if not (_DEFAULT_DIR / WEIGHTS).is_file():
+            raise FileNotFoundError(
+                f"The embedded default checkpoint is missing from {_DEFAULT_DIR}; reinstall storm_st."
+            )
+        model = from_pretrained(_DEFAULT_DIR, map_location=map_location)
+        model.name = "default"
+        return model
+    if name in PRESETS:
+        cfg = StormConfig(**{**PRESETS[name], **config_overrides})
+        if gene_vocab is not None:
+            cfg.gene_vocab = [str(g).upper() for g in gene_vocab]
+        model = StormModel(cfg)
+        if he_weights is not None:
+            load_backbone_weights(model, he_weights)
+        model.name = name
+        model.eval()
+        return model.to(map_location)
+    path = Path(name_or_path)
+    if path.exists():
+        model = from_pretrained(path, map_location=map_location)
+        model.name = str(path)
+        return model
+    raise ValueError(
+        f"Unknown model {name!r}: give 'default', an architecture ({', '.join(PRESETS)}) or an existing checkpoint "
+        "folder. Hub downloads are not supported offline: download the folder and pass its path."
+    )
+
+
+def load_backbone_weights(model: StormModel, path: str | Path) -> None:
+    """Load timm-format weights (safetensors) into the H&E backbone; reports mismatches clearly."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"H&E backbone weights {str(path)!r} not found.")
+    state = load_file(str(path))
+    state = {k.removeprefix("model.").removeprefix("backbone."): v for k, v in state.items()}
+    res = model.he_encoder.backbone.load_state_dict(state, strict=False)
+    core_missing = [k for k in res.missing_keys if not k.startswith("head")]
+    if core_missing:
+        raise ValueError(
+            f"{path} does not fit backbone {model.config.he_backbone!r}: {len(core_missing)} missing keys "
+            f"(e.g. {core_missing[:3]})."
+        )

@@ -1,0 +1,207 @@
+"""Gene vocabulary alignment and normalisation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+from storm_st._constants import Keys
+from storm_st._utils import check_counts
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+_SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "symbol", "gene_name", "feature_name", "gene_short_name")
+
+
+def _is_ensembl(names: np.ndarray) -> bool:
+    if len(names) == 0:
+        return False
+    sample = names[: min(200, len(names))]
+    return np.mean([bool(_ENSEMBL.match(str(n))) for n in sample]) > 0.5
+
+
+def gene_symbols(adata: AnnData) -> np.ndarray:
+    """Upper-case gene symbols of ``adata.var`` (Ensembl ids mapped through a symbol column when present)."""
+    names = np.asarray(adata.var_names, dtype=object)
+    if _is_ensembl(names):
+        for col in _SYMBOL_COLUMNS:
+            if col in adata.var:
+                sym = adata.var[col].astype(object).to_numpy()
+                names = np.array([s if isinstance(s, str) and s else n for s, n in zip(sym, names, strict=True)])
+                break
+    return np.array([str(n).upper() for n in names], dtype=object)
+
+
+def _ensembl_ids(adata: AnnData) -> np.ndarray | None:
+    names = np.asarray(adata.var_names, dtype=object)
+    if _is_ensembl(names):
+        return np.array([str(n).split(".")[0].upper() for n in names], dtype=object)
+    for col in ("gene_ids", "gene_id", "ensembl_id"):
+        if col in adata.var:
+            return np.array([str(n).split(".")[0].upper() for n in adata.var[col]], dtype=object)
+    return None
+
+
+@dataclass
+class GeneAlignment:
+    """Mapping of a slide's genes onto a model vocabulary.
+
+    Attributes
+    ----------
+    columns
+        For each vocabulary gene, the column of ``adata`` holding it, or ``-1`` when absent.
+    present
+        Boolean mask over the vocabulary (genes measured on this slide).
+    n_matched
+        Number of vocabulary genes found.
+    n_vocab
+        Vocabulary size.
+    n_var
+        Number of genes of the slide.
+    """
+
+    columns: np.ndarray
+    present: np.ndarray
+    n_matched: int
+    n_vocab: int
+    n_var: int
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the vocabulary measured on the slide."""
+        return self.n_matched / max(self.n_vocab, 1)
+
+    def summary(self) -> str:
+        """One-line description."""
+        return (
+            f"{self.n_matched} of {self.n_vocab} vocabulary genes matched ({100 * self.coverage:.1f} %) "
+            f"among the slide's {self.n_var} genes"
+        )
+
+
+def align_genes(adata: AnnData, vocabulary: list[str] | np.ndarray, *, min_genes: int = 1) -> GeneAlignment:
+    """Map ``adata``'s genes onto ``vocabulary`` by symbol (case-insensitive) or Ensembl id.
+
+    Parameters
+    ----------
+    adata
+        The slide(s).
+    vocabulary
+        Gene names of the model (symbols, or Ensembl ids).
+    min_genes
+        Raise a :class:`ValueError` when fewer genes match.
+
+    Returns
+    -------
+    The alignment (columns, presence mask, coverage).
+    """
+    vocab = np.array([str(g).split(".")[0].upper() if _ENSEMBL.match(str(g)) else str(g).upper() for g in vocabulary])
+    lookup: dict[str, int] = {}
+    ens = _ensembl_ids(adata)
+    if ens is not None:
+        for j, g in enumerate(ens):
+            lookup.setdefault(g, j)
+    for j, g in enumerate(gene_symbols(adata)):
+        lookup.setdefault(g, j)
+    columns = np.array([lookup.get(g, -1) for g in vocab], dtype=np.int64)
+    present = columns >= 0
+    al = GeneAlignment(columns, present, int(present.sum()), len(vocab), adata.n_vars)
+    if al.n_matched < min_genes:
+        example = ", ".join(map(str, adata.var_names[:3]))
+        raise ValueError(
+            f"No usable gene overlap: {al.summary()} (need at least {min_genes}). The slide's genes look like "
+            f"'{example}'; the model expects symbols such as '{vocab[0]}'. Put symbols in var_names or in "
+            "var['gene_symbols']."
+        )
+    return al
+
+
+def _counts_matrix(adata: AnnData, layer: str | None):
+    if layer is not None:
+        if layer not in adata.layers:
+            raise KeyError(f"layer {layer!r} not in adata.layers ({', '.join(adata.layers) or 'none'}).")
+        return adata.layers[layer]
+    if Keys.COUNTS_LAYER in adata.layers:
+        return adata.layers[Keys.COUNTS_LAYER]
+    return adata.X
+
+
+def log_normalize(X, target_sum: float = 1e4):
+    """Library-size normalisation to ``target_sum`` then ``log1p``; dense float32 output."""
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    X = X.astype(np.float32, copy=False)
+    tot = X.sum(axis=1, keepdims=True)
+    tot[tot == 0] = 1.0
+    return np.log1p(X / tot * target_sum).astype(np.float32)
+
+
+def expression_input(
+    adata: AnnData, alignment: GeneAlignment, *, layer: str | None = None, target_sum: float = 1e4, check: bool = True
+) -> np.ndarray:
+    """Log-normalised expression of every spot over the model vocabulary (0 for absent genes).
+
+    ``layer`` (default ``layers['counts']`` if present, else ``X``) must hold raw counts, unless
+    ``adata.uns['storm_normalization']`` or ``adata.uns['log1p']`` records that it is already
+    library-size normalised and log-transformed, in which case it is used as is.
+    """
+    X = _counts_matrix(adata, layer)
+    already_log = layer is None and Keys.COUNTS_LAYER not in adata.layers and ("log1p" in adata.uns)
+    if layer is not None and layer == adata.uns.get(Keys.NORMALIZATION, {}).get("layer"):
+        already_log = True
+    if check:
+        check_counts(X, integer=not already_log, what=f"adata.layers[{layer!r}]" if layer else "adata.X")
+    X = X.tocsr() if sp.issparse(X) else np.asarray(X)
+    n = adata.n_obs
+    V = len(alignment.columns)
+    out = np.zeros((n, V), dtype=np.float32)
+    if already_log:
+        vals = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+    else:
+        vals = log_normalize(X, target_sum)
+    cols = alignment.columns
+    out[:, alignment.present] = vals[:, cols[alignment.present]]
+    return out
+
+
+def normalize(
+    adata: AnnData,
+    *,
+    target_sum: float = 1e4,
+    layer: str | None = None,
+    key_added: str = Keys.LOG1P_LAYER,
+    copy: bool = False,
+) -> AnnData | None:
+    """Library-size normalise raw counts and ``log1p`` them into ``layers[key_added]``.
+
+    Parameters
+    ----------
+    adata
+        AnnData with raw counts in ``X`` (or ``layer``).
+    target_sum
+        Counts per spot after normalisation.
+    layer
+        Layer of raw counts; default ``layers['counts']`` when present, else ``X``.
+    key_added
+        Layer written.
+    copy
+        Return a copy instead of writing in place.
+
+    Returns
+    -------
+    ``None`` or the copy, with ``layers[key_added]`` (sparse CSR float32) and
+    ``uns['storm_normalization']`` recording the parameters.
+    """
+    X = _counts_matrix(adata, layer)
+    check_counts(X, integer=True, what=f"adata.layers[{layer!r}]" if layer else "adata.X")
+    Xn = sp.csr_matrix(log_normalize(X, target_sum))
+    if copy:
+        adata = adata.copy()
+    adata.layers[key_added] = Xn
+    adata.uns[Keys.NORMALIZATION] = {"target_sum": float(target_sum), "log1p": True, "layer": key_added, "source": layer or "X"}
+    return adata if copy else None

@@ -1,0 +1,206 @@
+"""Masked multimodal pretraining (Lightning) of the STORM network."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from storm_st.data import SpotBatch
+from storm_st.models import StormConfig, StormModel
+from storm_st.models._heads import MaskedDecoder, gaussian_nll
+
+from ._augment import augment
+
+
+def sample_visible(valid: torch.Tensor, n_visible: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick ``n_visible`` random valid slots per row of ``valid`` ``(B, K)`` (all of them when fewer)."""
+    scores = torch.rand(valid.shape, generator=generator, device="cpu").to(valid.device)
+    scores = scores.masked_fill(~valid, 2.0)
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    return (ranks < n_visible) & valid
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float = 0.01) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    t = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class StormPretraining(L.LightningModule):
+    """Lightning module for STORM's masked multimodal pretraining (eq. 3 of the paper).
+
+    Per window, ``n_visible`` spots per modality stay visible and the others are reconstructed by
+    modality-specific decoders (MLP + transformer blocks): the ST target is the log-normalised
+    expression over the vocabulary under a Gaussian likelihood (genes absent from a slide masked
+    out); the H&E target is the feature vector of a stop-gradient EMA copy of the H&E encoder
+    (layer-normalised, as in data2vec), which cannot collapse because the ST loss anchors the
+    backbone and the teacher lags the student. With probability ``p_he_only`` a window is an
+    "H&E-only" window: all its H&E tokens are visible, no ST token is, and every ST token is
+    reconstructed — this matches the H&E-only inference setting (virtual ST) exactly.
+
+    Parameters
+    ----------
+    config
+        Model configuration (dict form of :class:`~storm_st.models.StormConfig`).
+    n_visible
+        Visible spots per modality per window.
+    p_he_only
+        Fraction of H&E-only windows.
+    lr, backbone_lr, weight_decay, layer_decay
+        AdamW settings; the backbone uses ``backbone_lr`` with layer-wise decay.
+    warmup_steps, max_steps
+        Schedule (optimizer steps).
+    ema_momentum
+        Teacher EMA momentum.
+    he_loss_weight, st_loss_weight
+        Weights of the two NLL terms.
+    crop_scale, jitter
+        H&E augmentation strengths.
+    init_backbone
+        Optional path of backbone weights (safetensors) to start from.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        n_visible: int = 5,
+        p_he_only: float = 0.5,
+        lr: float = 1e-4,
+        backbone_lr: float | None = None,
+        weight_decay: float = 0.05,
+        layer_decay: float = 0.7,
+        warmup_steps: int = 100,
+        max_steps: int = 2000,
+        ema_momentum: float = 0.996,
+        he_loss_weight: float = 1.0,
+        st_loss_weight: float = 1.0,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        jitter: float = 0.1,
+        init_backbone: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        cfg = StormConfig.from_dict(config)
+        self.model = StormModel(cfg)
+        if init_backbone:
+            from storm_st.models import load_backbone_weights
+
+            load_backbone_weights(self.model, init_backbone)
+        h = cfg.hidden_dim
+        self.teacher = copy.deepcopy(self.model.he_encoder).requires_grad_(False)
+        self.he_decoder = MaskedDecoder(h, cfg.decoder_dim, cfg.decoder_depth, self.model.he_encoder.out_dim)
+        self.st_decoder = MaskedDecoder(h, cfg.decoder_dim, cfg.decoder_depth, 2 * max(len(cfg.gene_vocab), 1))
+
+    # ---------------------------------------------------------------- helpers
+    def _tables(self, batch: SpotBatch, train: bool):
+        cfg = self.model.config
+        tables, available = {}, {}
+        target = None
+        if batch.patches is not None:
+            x = batch.patches
+            if train:
+                x = augment(x, cfg.image_size, crop_scale=tuple(self.hparams.crop_scale), jitter=self.hparams.jitter)
+            elif x.shape[-1] != cfg.image_size:
+                x = F.interpolate(x.float(), size=cfg.image_size, mode="bilinear", antialias=True)
+            _, tables["he"] = self.model.encode_he(x)
+            available["he"] = batch.has_he
+            with torch.no_grad():
+                t_in = batch.patches
+                if t_in.shape[-1] != cfg.image_size:
+                    t_in = F.interpolate(t_in.float(), size=cfg.image_size, mode="bilinear", antialias=True)
+                self.teacher.eval()
+                target = F.layer_norm(self.teacher(t_in).float(), (self.model.he_encoder.out_dim,))
+        if batch.expr is not None:
+            tables["gene"] = self.model.encode_gene(batch.expr, batch.present)
+            available["gene"] = batch.has_gene
+        return tables, available, target
+
+    def compute_loss(self, batch: SpotBatch, train: bool = True) -> dict[str, torch.Tensor]:
+        """Masked reconstruction losses of one batch."""
+        tables, available, he_target = self._tables(batch, train)
+        wi = batch.window_index
+        idx = wi.clamp_min(0)
+        B, K = wi.shape
+        slot_ok = wi >= 0
+        he_here = slot_ok & available["he"][idx] if "he" in tables else torch.zeros_like(slot_ok)
+        st_here = slot_ok & available["gene"][idx] if "gene" in tables else torch.zeros_like(slot_ok)
+        n_vis = self.hparams.n_visible
+        he_vis = sample_visible(he_here, n_vis)
+        st_vis = sample_visible(st_here, n_vis)
+        if "he" in tables and "gene" in tables and self.hparams.p_he_only > 0:
+            he_only = (torch.rand(B, device=wi.device) < self.hparams.p_he_only)[:, None]
+            he_vis = torch.where(he_only, he_here, he_vis)
+            st_vis = st_vis & ~he_only
+        visible = {"he": he_vis, "gene": st_vis}
+        wt = self.model.build_tokens(tables, available, wi, batch.rel_pos, visible)
+        enc = self.model.spatial_encode(wt)
+        out: dict[str, torch.Tensor] = {}
+        total = torch.zeros((), device=wi.device)
+        if "he" in tables:
+            q = he_here & ~he_vis
+            if q.any():
+                pred = self.he_decoder(enc, wt, batch.rel_pos, q)
+                tgt = he_target[idx]
+                err = 0.5 * ((pred.float() - tgt) ** 2).mean(-1)
+                out["loss_he"] = (err * q).sum() / q.sum()
+                total = total + self.hparams.he_loss_weight * out["loss_he"]
+        if "gene" in tables:
+            q = st_here & ~st_vis
+            if q.any():
+                pred = self.st_decoder(enc, wt, batch.rel_pos, q).float()
+                V = pred.shape[-1] // 2
+                mean, logvar = pred[..., :V], pred[..., V:]
+                target = batch.expr[idx]
+                weight = q[..., None] & batch.present[idx]
+                out["loss_st"] = gaussian_nll(mean, logvar, target, weight)
+                out["mse_st"] = (((mean - target) ** 2) * weight).sum() / weight.sum().clamp_min(1)
+                total = total + self.hparams.st_loss_weight * out["loss_st"]
+        out["loss"] = total
+        return out
+
+    # ---------------------------------------------------------------- lightning hooks
+    def training_step(self, batch: SpotBatch, batch_idx: int):
+        losses = self.compute_loss(batch, train=True)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=batch.window_index.shape[0])
+        return losses["loss"]
+
+    def validation_step(self, batch: SpotBatch, batch_idx: int):
+        losses = self.compute_loss(batch, train=False)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=batch.window_index.shape[0])
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        m = self.hparams.ema_momentum
+        with torch.no_grad():
+            for pt, ps in zip(self.teacher.parameters(), self.model.he_encoder.parameters(), strict=True):
+                pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+            for bt, bs in zip(self.teacher.buffers(), self.model.he_encoder.buffers(), strict=True):
+                bt.copy_(bs)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        bb_lr = hp.backbone_lr if hp.backbone_lr is not None else hp.lr
+        groups = self.model.backbone_param_groups(bb_lr, hp.weight_decay, hp.layer_decay)
+        bb_ids = {id(p) for p in self.model.he_encoder.parameters()}
+        rest_decay, rest_no = [], []
+        for mod in (self.model, self.he_decoder, self.st_decoder):
+            for n, p in mod.named_parameters():
+                if id(p) in bb_ids or not p.requires_grad:
+                    continue
+                (rest_no if p.ndim < 2 or "embed" in n or "token" in n else rest_decay).append(p)
+        groups += [
+            {"params": rest_decay, "weight_decay": hp.weight_decay, "lr": hp.lr},
+            {"params": rest_no, "weight_decay": 0.0, "lr": hp.lr},
+        ]
+        opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: cosine_with_warmup(s, hp.warmup_steps, hp.max_steps)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
