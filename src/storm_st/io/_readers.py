@@ -52,11 +52,11 @@ def _read_rgb(path: str | Path, downscale: int = 1) -> np.ndarray:
     Image.MAX_IMAGE_PIXELS = None
     path = _as_path(path, "Image file")
     with Image.open(path) as im:
+        size = (max(1, round(im.width / downscale)), max(1, round(im.height / downscale)))
         if downscale > 1 and im.format == "JPEG":
-            im.draft("RGB", (max(1, im.width // downscale), max(1, im.height // downscale)))
+            im.draft("RGB", size)  # decode at a reduced scale (at least ``size``)
         im = im.convert("RGB")
-        if downscale > 1:
-            size = (max(1, round(im.width / downscale)), max(1, round(im.height / downscale)))
+        if im.size != size:
             im = im.resize(size, Image.Resampling.LANCZOS)
         arr = np.asarray(im)
     if arr.dtype != np.uint8:
