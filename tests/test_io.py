@@ -435,3 +435,22 @@ def test_read_cosmx_giotto(shared_data):
     mean_xy = tx[tx["cell_id"] != ""].groupby("cell_id")[["x", "y"]].mean().loc[table.obs_names]
     assert np.median(np.abs(table.obsm[Keys.SPATIAL] - mean_xy.to_numpy())) < 10
     assert {"composite_F002", "composite_F003"} <= set(sdata.images)
+
+
+def test_read_wsi_flat_tiff_and_planar_warning(tmp_path):
+    import tifffile
+
+    img = np.full((2600, 4200, 3), 240, np.uint8)
+    img[400:2200, 800:3400] = (170, 80, 150)
+    tifffile.imwrite(tmp_path / "flat.tif", img, tile=(512, 512), photometric="rgb")
+    a = sio.read_wsi(tmp_path / "flat.tif", mpp=1.0)  # no pyramid: the mask comes from a strided read
+    lib = a.uns[Keys.SPATIAL]["flat"]
+    assert max(lib[Keys.IMAGES][Keys.LOWRES].shape[:2]) <= 2048
+    xy = a.obsm[Keys.SPATIAL]
+    assert (xy[:, 0] > 700).all() and (xy[:, 0] < 3500).all() and (xy[:, 1] > 300).all() and (xy[:, 1] < 2300).all()
+    _check_views(a, 2)
+    tifffile.imwrite(
+        tmp_path / "planar.tif", np.moveaxis(img[:600, :800], -1, 0), photometric="rgb", planarconfig="separate"
+    )
+    with pytest.warns(UserWarning, match="interleaved"):
+        sio.read_wsi(tmp_path / "planar.tif", mpp=1.0, tissue_only=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -33,8 +34,8 @@ def _to_hwc(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _thumbnail(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
-    """A small RGB version of the image and the full-resolution ``(height, width)``, without reading level 0 whole."""
+def _thumbnail(path: Path) -> tuple[np.ndarray, tuple[int, int], str]:
+    """A small RGB image, the full-resolution ``(height, width)`` and the axes, without reading level 0 whole."""
     if path.suffix.lower() in _TIFF_SUFFIXES:
         import tifffile
 
@@ -64,7 +65,7 @@ def _thumbnail(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
                 small = np.asarray(z[tuple(index)])
             else:
                 small = chosen.asarray()
-        return _to_hwc(small), full_hw
+        return _to_hwc(small), full_hw, axes
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None
@@ -76,7 +77,7 @@ def _thumbnail(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
         im = im.convert("RGB")
         if max(im.size) > _MASK_MAX_SIDE:
             im.thumbnail((_MASK_MAX_SIDE, _MASK_MAX_SIDE))
-        return np.asarray(im), full_hw
+        return np.asarray(im), full_hw, "YXS"
 
 
 def tissue_mask(image: np.ndarray) -> np.ndarray:
@@ -185,7 +186,15 @@ def read_wsi(
     if pitch_um <= 0 or spot_diameter_um <= 0:
         raise ValueError("pitch_um and spot_diameter_um must be positive.")
     library_id = library_id or path.name.split(".")[0]
-    thumb, (height, width) = _thumbnail(path)
+    thumb, (height, width), axes = _thumbnail(path)
+    if axes not in ("YXS", "YX"):
+        warnings.warn(
+            f"{str(path)!r} stores its pixels as {axes!r}, not interleaved RGB ('YXS'); patch extraction reads the "
+            "image as height x width x channels. Convert it (e.g. tifffile.imwrite(..., photometric='rgb') of an "
+            "H x W x 3 array) if patches look wrong.",
+            UserWarning,
+            stacklevel=2,
+        )
     scale = thumb.shape[1] / width  # thumbnail pixels per full-res pixel
     centres_um, rc = _lattice(width * mpp, height * mpp, pitch_um, lattice)
     centres_px = centres_um / mpp
@@ -221,6 +230,7 @@ def read_wsi(
                 "source": str(path),
                 "image_path": str(path.resolve()),
                 "lattice": lattice,
+                "image_axes": axes,
                 "full_resolution_shape": [int(height), int(width)],
             },
         }
