@@ -454,3 +454,15 @@ def test_read_wsi_flat_tiff_and_planar_warning(tmp_path):
     )
     with pytest.warns(UserWarning, match="interleaved"):
         sio.read_wsi(tmp_path / "planar.tif", mpp=1.0, tissue_only=False)
+
+
+def test_her2st_labels_by_pixels(tmp_path):
+    counts, spots = _st_frames()
+    cpath, spath = _write_st(tmp_path, counts, spots)
+    lab = pd.DataFrame(
+        {"pixel_x": spots["pixel_x"] + 20, "pixel_y": spots["pixel_y"] - 10, "label": ["a", "b", "c", "d"]}
+    )
+    lab.iloc[3, :2] = [5000, 5000]  # far from every spot: unlabelled
+    lab.to_csv(tmp_path / "lab.tsv", sep="\t", index=False)
+    a = sio.read_her2st(cpath, spath, labels=tmp_path / "lab.tsv")
+    assert a.obs["label"].iloc[:3].tolist() == ["a", "b", "c"] and pd.isna(a.obs["label"].iloc[3])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,23 +194,32 @@ def _fit_pixels_per_step(array_xy: np.ndarray, pixel_xy: np.ndarray) -> float:
     return float(np.sqrt(det))
 
 
-def _match_labels(labels: str | Path, spots: pd.DataFrame) -> pd.Series:
-    """Pathologist label of each spot, matched by nearest fitted array coordinates.
+def _match_labels(labels: str | Path, spots: pd.DataFrame, px_per_step: float) -> pd.Series:
+    """Pathologist label of each spot: the nearest labelled point within half an array step.
 
-    The label files give ``x``, ``y`` (= the fitted ``new_x``, ``new_y`` of the selection file) and pixel
-    coordinates in a differently scaled image, so matching on the array frame is scale-free.
+    The HER2ST label files give ``x``, ``y`` (the fitted ``new_x``, ``new_y`` of the selection file) and pixel
+    coordinates of a differently scaled image, so spots are matched in the array frame when ``x``, ``y`` are
+    present, else on ``pixel_x``, ``pixel_y`` against the selection file's pixel coordinates.
     """
     from scipy.spatial import cKDTree
 
     lab = pd.read_csv(_as_path(labels, "Label file"), sep="\t")
-    missing = {"x", "y", "label"} - set(lab.columns)
-    if missing:
-        raise ValueError(f"Label file {str(labels)!r} lacks columns {sorted(missing)} (expected x, y, label).")
-    lab = lab.dropna(subset=["x", "y"])
-    tree = cKDTree(lab[["x", "y"]].to_numpy(float))
-    dist, idx = tree.query(spots[["new_x", "new_y"]].to_numpy(float))
-    out = lab["label"].to_numpy(object)[idx]
-    out = np.where(dist <= 0.5, out, None)  # farther than half an array step: no label
+    if "label" not in lab.columns:
+        raise ValueError(f"Label file {str(labels)!r} has no 'label' column.")
+    if {"x", "y"} <= set(lab.columns):
+        ref, query, tol = ["x", "y"], ["new_x", "new_y"], 0.5
+    elif {"pixel_x", "pixel_y"} <= set(lab.columns):
+        ref, query, tol = ["pixel_x", "pixel_y"], ["pixel_x", "pixel_y"], 0.5 * px_per_step
+    else:
+        raise ValueError(f"Label file {str(labels)!r} needs columns x, y (array) or pixel_x, pixel_y, and label.")
+    lab = lab.dropna(subset=ref)
+    if lab.empty:
+        raise ValueError(f"Label file {str(labels)!r} has no labelled spot.")
+    dist, idx = cKDTree(lab[ref].to_numpy(float)).query(spots[query].to_numpy(float))
+    out = np.where(dist <= tol, lab["label"].to_numpy(object)[idx], None)
+    unmatched = int(pd.isna(out).sum())
+    if unmatched:
+        logger.info("%s: %d spots have no label within half an array step", Path(labels).name, unmatched)
     return pd.Series(pd.Categorical(out), index=spots.index)
 
 
@@ -238,7 +248,8 @@ def read_her2st(
         Full-resolution H&E image (``<section>.jpg``), or `None` for a section without image.
     labels
         Optional ``<section>_labeled_coordinates.tsv``; the pathologist region of each spot goes to
-        ``obs['label']`` (nearest match, within half an array step).
+        ``obs['label']`` (nearest labelled point within half an array step, matched on the array
+        coordinates ``x, y`` of the label file, or on ``pixel_x, pixel_y`` when those are missing).
     library_id
         Name of the slide; default: the counts file name without extensions.
     mpp
@@ -329,7 +340,7 @@ def read_her2st(
         index=pd.Index([f"{library_id}_{i}" for i in common]),
     )
     if labels is not None:
-        obs["label"] = _match_labels(labels, sel).to_numpy()
+        obs["label"] = _match_labels(labels, sel, px_per_step).to_numpy()
         obs["label"] = obs["label"].astype("category")
     var = pd.DataFrame(index=_make_unique_symbols(df.columns))
     return _build_adata(
@@ -432,7 +443,9 @@ def read_visium(
     if h5.exists():
         adata = sc.read_10x_h5(h5)
     elif mtx.is_dir():
-        adata = sc.read_10x_mtx(mtx, var_names="gene_symbols", make_unique=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Variable names are not unique")
+            adata = sc.read_10x_mtx(mtx, var_names="gene_symbols", make_unique=False)
     else:
         raise FileNotFoundError(f"Neither {str(h5)!r} nor the mtx folder {str(mtx)!r} exists; pass counts_file=.")
     var = adata.var.copy()
