@@ -9,7 +9,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-from . import datasets, io, pl, pp, tl  # noqa: E402
-from .models import load_model  # noqa: E402
+from . import datasets, io, pl, pp, tl
+from .models import load_model
 
 __all__ = ["datasets", "io", "load_model", "pl", "pp", "tl", "__version__"]

@@ -14,8 +14,30 @@ def _build_parser() -> argparse.ArgumentParser:
         description="STORM: multimodal foundation model of H&E histology and spatial transcriptomics.",
     )
     parser.add_argument("--version", action="version", version=f"storm-st {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="masked multimodal pretraining from a YAML config")
+    p.add_argument("--config", required=True, help="YAML config (see configs/default.yaml)")
+    p.add_argument("--output", default=None, help="run folder (default: the config's 'output')")
+    p.add_argument("--resume", action="store_true", help="continue from <output>/checkpoints/last.ckpt")
+    p.add_argument("--max-steps", type=int, default=None, help="override training.max_steps")
+    p.set_defaults(func=_cmd_pretrain)
     return parser
+
+
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from storm_st.train._runner import pretrain
+
+    _setup_logging()
+    path = pretrain(args.config, output=args.output, resume=args.resume, max_steps=args.max_steps)
+    print(f"model written to {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -254,7 +254,7 @@ def make_batch(
 
 
 class WindowSampler(torch.utils.data.IterableDataset):
-    """Endless random batches of windows: a slide (weighted by size), then ``windows`` centres in it."""
+    """Random batches of windows: a slide (weighted by size), then ``windows`` centres in it; step ``i`` is a pure function of ``(seed, i)``."""
 
     def __init__(
         self,
@@ -266,24 +266,39 @@ class WindowSampler(torch.utils.data.IterableDataset):
         use_he: bool = True,
         use_gene: bool = True,
         seed: int = 0,
+        paired_fraction: float | None = None,
     ):
         super().__init__()
+        self.paired_fraction = paired_fraction
         self.slides, self.windows, self.steps = slides, windows, steps
         self.patch_size, self.use_he, self.use_gene, self.seed = patch_size, use_he, use_gene, seed
-        self.epoch = 0
+        self.start = 0
 
     def __len__(self) -> int:
-        return self.steps
+        return self.steps - self.start
+
+    def slide_probabilities(self) -> np.ndarray:
+        """Sampling probability of each slide.
+
+        Proportional to its spots, with ``paired_fraction`` of the batches drawn from slides that have
+        both H&E and expression (when some have and some do not).
+        """
+        sizes = np.array([s.n for s in self.slides], dtype=np.float64)
+        paired = np.array([s.has_he and s.has_gene for s in self.slides])
+        if self.paired_fraction is None or paired.all() or not paired.any():
+            return sizes / sizes.sum()
+        f = float(self.paired_fraction)
+        p = np.where(paired, f * sizes / sizes[paired].sum(), (1 - f) * sizes / sizes[~paired].sum())
+        return p / p.sum()
 
     def __iter__(self) -> Iterator[SpotBatch]:
         info = torch.utils.data.get_worker_info()
         wid = info.id if info is not None else 0
-        rng = np.random.default_rng([self.seed, self.epoch, wid])
-        self.epoch += 1
-        sizes = np.array([s.n for s in self.slides], dtype=np.float64)
-        p = sizes / sizes.sum()
+        p = self.slide_probabilities()
         n_workers = info.num_workers if info is not None else 1
-        for _ in range(wid, self.steps, n_workers):
+        for step in range(self.start + wid, self.steps, n_workers):
+            # stateless in the step number, so a resumed run sees exactly the batches it would have seen
+            rng = np.random.default_rng([self.seed, step])
             s = self.slides[rng.choice(len(self.slides), p=p)]
             centres = rng.choice(s.n, size=min(self.windows, s.n), replace=False)
             yield make_batch(

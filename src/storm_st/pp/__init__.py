@@ -1,6 +1,6 @@
 """Preprocessing: spot patches at physical scale, neighbour windows, gene vocabulary, normalisation."""
 
-from ._genes import GeneAlignment, align_genes, expression_input, gene_symbols, log_normalize, normalize
+from ._genes import GeneAlignment, align_genes, expression_input, gene_symbols, log_normalize, normalize, select_hvgs
 from ._neighbors import knn_window, neighbor_windows
 from ._patches import extract_patches, spot_patches
 
@@ -14,5 +14,6 @@ __all__ = [
     "log_normalize",
     "neighbor_windows",
     "normalize",
+    "select_hvgs",
     "spot_patches",
 ]

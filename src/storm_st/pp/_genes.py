@@ -205,3 +205,42 @@ def normalize(
     adata.layers[key_added] = Xn
     adata.uns[Keys.NORMALIZATION] = {"target_sum": float(target_sum), "log1p": True, "layer": key_added, "source": layer or "X"}
     return adata if copy else None
+
+
+def select_hvgs(adatas: AnnData | list[AnnData], n_top_genes: int = 2000) -> list[str]:
+    """Highly variable genes of one or several slides, as upper-case symbols.
+
+    Scanpy's Seurat-flavour dispersion is computed per slide on library-size-normalised log
+    expression; genes are ranked by their median rank over the slides that measure them (genes on
+    more panels first among ties), so no slide's depth or panel dominates.
+
+    Parameters
+    ----------
+    adatas
+        Slides with raw counts.
+    n_top_genes
+        Number of genes returned.
+
+    Returns
+    -------
+    Gene symbols, most variable first.
+    """
+    import pandas as pd
+    import scanpy as sc
+
+    if not isinstance(adatas, list | tuple):
+        adatas = [adatas]
+    ranks = []
+    for a in adatas:
+        if a.n_vars == 0 or a.n_obs < 3:
+            continue
+        b = sc.AnnData(log_normalize(_counts_matrix(a, None)))
+        b.var_names = pd.Index(gene_symbols(a)).astype(str)
+        b.var_names_make_unique()
+        sc.pp.highly_variable_genes(b, flavor="seurat", n_top_genes=min(n_top_genes, b.n_vars))
+        ranks.append(b.var["dispersions_norm"].fillna(-np.inf).rank(ascending=False))
+    if not ranks:
+        raise ValueError("No slide with genes and at least 3 spots to select highly variable genes from.")
+    table = pd.concat(ranks, axis=1)
+    score = table.median(axis=1, skipna=True) - 0.1 * table.notna().sum(axis=1)
+    return [str(g) for g in score.sort_values(kind="stable").index[:n_top_genes]]

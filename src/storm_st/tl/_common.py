@@ -1,0 +1,122 @@
+"""Shared plumbing of the model-based verbs: model resolution, modalities, per-slide encoding."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from storm_st._inference import D4, encode_slide
+from storm_st._utils import resolve_device
+from storm_st.data import prepare_slides
+from storm_st.io._slide import slide_views
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from storm_st.models import StormModel
+
+logger = logging.getLogger("storm_st")
+
+MODALITY_CHOICES = ("auto", "he+st", "he", "st")
+
+
+@lru_cache(maxsize=1)
+def _default_model():
+    from storm_st.models import load_model
+
+    return load_model("default")
+
+
+def resolve_model(model: StormModel | str | None) -> StormModel:
+    """``None`` -> the embedded default (cached), a name or path -> :func:`storm_st.load_model`."""
+    from storm_st.models import StormModel, load_model
+
+    if model is None:
+        return _default_model()
+    if isinstance(model, StormModel):
+        return model
+    return load_model(model)
+
+
+def resolve_modalities(adata: AnnData, modalities: str, library_key: str | None) -> tuple[bool, bool]:
+    """Which modalities to feed: ``'auto'`` uses what the object has."""
+    if modalities not in MODALITY_CHOICES:
+        raise ValueError(f"modalities must be one of {MODALITY_CHOICES}, got {modalities!r}.")
+    if modalities == "he+st":
+        return True, True
+    if modalities == "he":
+        return True, False
+    if modalities == "st":
+        return False, True
+    has_img = all(v.has_image for v in slide_views(adata, library_key=library_key))
+    has_gene = adata.n_vars > 0
+    if not has_img and not has_gene:
+        raise ValueError("adata has neither an image (uns['spatial'][...]['images']) nor genes: nothing to embed.")
+    return has_img, has_gene
+
+
+def model_hash(model: StormModel) -> str | None:
+    """sha256 of the checkpoint the model was loaded from, if any."""
+    return getattr(model, "checkpoint_sha256", None)
+
+
+def encode_adata(
+    adata: AnnData,
+    model: StormModel,
+    *,
+    use_he: bool,
+    use_gene: bool,
+    library_key: str | None,
+    layer: str | None,
+    batch_size: int,
+    device: str | None,
+    tta: bool = False,
+    show_progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Encode every spot of ``adata`` (all slides); arrays in ``obs`` order.
+
+    With ``tta`` the H&E embedding is averaged over the 8 flips / 90° rotations of every patch.
+    """
+    from tqdm.auto import tqdm
+
+    dev = resolve_device(device)
+    slides = prepare_slides(adata, model.config, use_he=use_he, use_gene=use_gene, library_key=library_key, layer=layer)
+    model = model.to(dev).eval()
+    transforms = D4 if (tta and use_he) else [(0, False)]
+    out: dict[str, np.ndarray] = {}
+    with tqdm(total=adata.n_obs * len(transforms), desc="storm embed", disable=not show_progress, unit="spot") as bar:
+        for slide in slides:
+            acc = None
+            for t in transforms:
+                enc = encode_slide(
+                    model, slide, use_he=use_he, use_gene=use_gene, batch_size=batch_size, device=dev, d4=t,
+                    progress=bar.update,
+                )
+                acc = enc if acc is None else _add(acc, enc)
+            parts = {"embedding": acc.embedding, "he": acc.he_features, "gene": acc.gene_tokens}
+            for k, v in parts.items():
+                if v is None:
+                    continue
+                if k not in out:
+                    out[k] = np.zeros((adata.n_obs, v.shape[1]), dtype=np.float32)
+                out[k][slide.obs_indices] = v / (len(transforms) if k != "gene" else 1)
+            out.setdefault("neighbors", np.full((adata.n_obs, slide.neighbors.shape[1]), -1, dtype=np.int64))
+            if out["neighbors"].shape[1] < slide.neighbors.shape[1]:
+                pad = np.full((adata.n_obs, slide.neighbors.shape[1] - out["neighbors"].shape[1]), -1, dtype=np.int64)
+                out["neighbors"] = np.concatenate([out["neighbors"], pad], axis=1)
+            nb = np.where(slide.neighbors >= 0, slide.obs_indices[np.clip(slide.neighbors, 0, None)], -1)
+            out["neighbors"][slide.obs_indices, : nb.shape[1]] = nb
+    return out
+
+
+def _add(a, b):
+    from storm_st._inference import SlideEncoding
+
+    return SlideEncoding(
+        a.embedding + b.embedding,
+        None if a.he_features is None else a.he_features + b.he_features,
+        a.gene_tokens,
+    )

@@ -1,0 +1,255 @@
+"""Virtual expression from H&E: fitting the expression head, and imputing with it."""
+
+from __future__ import annotations
+
+import copy as _copy
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from storm_st._constants import Keys
+from storm_st._utils import get_adata, resolve_device
+
+from ._common import encode_adata, model_hash, resolve_model
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from storm_st.models import StormModel
+
+
+def _targets(adata: AnnData, genes: list[str], layer: str | None) -> tuple[np.ndarray, np.ndarray]:
+    from storm_st.pp import align_genes, expression_input
+
+    al = align_genes(adata, genes)
+    y = expression_input(adata, al, layer=layer)
+    mask = np.broadcast_to(al.present, y.shape).copy()
+    return y, mask
+
+
+def fit_expression_head(
+    adatas: AnnData | list[AnnData],
+    model: StormModel | str | None = None,
+    *,
+    genes: list[str] | None = None,
+    n_top_genes: int = 500,
+    epochs: int = 10,
+    lr: float = 5e-4,
+    batch_size: int = 64,
+    l1: float = 1.0,
+    l2: float = 1.0,
+    augment: bool = True,
+    library_key: str | None = None,
+    layer: str | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> StormModel:
+    """Fit STORM's expression head on paired H&E + ST slides (the encoder stays frozen).
+
+    Each training spot is embedded from H&E alone (its 5 x 5 window), as at prediction time, and an
+    MLP head is trained to predict library-size-normalised log expression with the loss of eq. 4,
+    ``λ1·|y − ŷ| + λ2·(y − ŷ)²`` (AdamW, lr 5e-4, 10 epochs, cosine decay, as in the paper).
+
+    Parameters
+    ----------
+    adatas
+        One or several slides with an H&E image and raw counts.
+    model
+        Starting model (default: the embedded one); it is not modified.
+    genes
+        Genes to predict; default the ``n_top_genes`` most variable genes of ``adatas``.
+    n_top_genes
+        Number of highly variable genes when ``genes`` is not given.
+    epochs, lr, batch_size
+        Optimisation.
+    l1, l2
+        Loss weights λ1, λ2.
+    augment
+        Also train on the embeddings of the 8 flips / rotations of every patch (8x the data).
+    library_key
+        ``obs`` column naming slides inside one AnnData.
+    layer
+        Layer of raw counts.
+    device
+        Torch device; default a GPU when available.
+    seed
+        Random seed.
+    show_progress
+        Progress bar while embedding.
+
+    Returns
+    -------
+    A copy of the model carrying the new head (``model.config.head_genes`` lists its genes).
+    """
+    from storm_st._inference import D4
+    from storm_st.pp import select_hvgs
+    from storm_st.train._head import fit_head
+
+    adatas = [adatas] if not isinstance(adatas, list | tuple) else list(adatas)
+    adatas = [get_adata(a) for a in adatas]
+    if not adatas:
+        raise ValueError("No training slides given.")
+    base = resolve_model(model)
+    if genes is None:
+        genes = select_hvgs(adatas, n_top_genes)
+    genes = [str(g).upper() for g in genes]
+    if len(genes) == 0:
+        raise ValueError("genes is empty: give at least one gene to predict.")
+    embs, ys, ms = [], [], []
+    transforms = D4 if augment else [(0, False)]
+    from storm_st._inference import encode_slide
+    from storm_st.data import prepare_slides
+
+    dev = resolve_device(device)
+    base = base.to(dev).eval()
+    for a in adatas:
+        if a.n_vars == 0:
+            raise ValueError("A training slide has no genes; fit_expression_head needs measured expression.")
+        y, m = _targets(a, genes, layer)
+        slides = prepare_slides(a, base.config, use_he=True, use_gene=False, library_key=library_key)
+        for t in transforms:
+            e = np.zeros((a.n_obs, base.config.hidden_dim), dtype=np.float32)
+            for s in slides:
+                e[s.obs_indices] = encode_slide(base, s, use_he=True, use_gene=False, device=dev, d4=t).embedding
+            embs.append(e)
+            ys.append(y)
+            ms.append(m)
+    model_out = _copy.deepcopy(base).cpu()
+    hist = fit_head(
+        model_out, np.concatenate(embs), np.concatenate(ys), np.concatenate(ms), genes=genes, epochs=epochs, lr=lr,
+        batch_size=batch_size, l1=l1, l2=l2, seed=seed, device=dev,
+    )
+    model_out.cpu().eval()
+    model_out.extra = dict(getattr(base, "extra", {}) or {})
+    model_out.extra["head"] = {
+        "n_genes": len(genes),
+        "n_spots": int(sum(a.n_obs for a in adatas)),
+        "epochs": epochs,
+        "lr": lr,
+        "augment": augment,
+        "loss": [round(h, 5) for h in hist],
+    }
+    model_out.name = getattr(base, "name", base.config.name) + "+head"
+    model_out.checkpoint_sha256 = None
+    return model_out
+
+
+def impute_expression(
+    adata: AnnData | Any,
+    model: StormModel | str | None = None,
+    *,
+    genes: list[str] | None = None,
+    key_added: str = Keys.VIRTUAL,
+    library_key: str | None = None,
+    batch_size: int = 256,
+    device: str | None = None,
+    tta: bool = True,
+    table_key: str | None = None,
+    show_progress: bool = True,
+    copy: bool = False,
+) -> AnnData | None:
+    """Predict expression from H&E alone (virtual ST) with the model's expression head.
+
+    The input needs only spot coordinates and an image (e.g. from :func:`storm_st.io.read_wsi`);
+    counts, if present, are ignored.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``obsm['spatial']`` and an H&E image, or a SpatialData object (``table_key``).
+    model
+        Model with an expression head (default: the embedded model, whose head was trained on the
+        HER2ST training sections).
+    genes
+        Subset of the head's genes to return (default all).
+    key_added
+        Where the prediction goes (see Returns).
+    library_key
+        ``obs`` column naming slides.
+    batch_size, device
+        Inference settings.
+    tta
+        Average over the 8 flips / rotations of each patch.
+    table_key
+        Table of a SpatialData object.
+    show_progress
+        Progress bar.
+    copy
+        Return a modified copy instead of writing in place (only when a layer is written).
+
+    Returns
+    -------
+    Library-size-normalised log expression (log1p of counts per 10k) predicted for each spot:
+
+    - when every gene of ``adata.var_names`` is predicted (the object carries the model's genes), it
+      is written to ``layers[key_added]`` and the function returns ``None`` (or the copy);
+    - otherwise (e.g. H&E-only input, or a different gene panel) ``adata`` is left untouched and a
+      **new AnnData** of virtual expression is returned, aligned to the spots (same ``obs_names``,
+      ``obs``, ``obsm['spatial']`` and ``uns['spatial']``), with ``var_names`` = the predicted genes.
+    """
+    import anndata as ad_mod
+
+    from storm_st import __version__
+
+    ad = get_adata(adata, table_key)
+    model = resolve_model(model)
+    if model.head is None:
+        raise ValueError(
+            "The model has no expression head; fit one first: model = storm_st.tl.fit_expression_head(slides, model)."
+        )
+    head_genes = list(model.config.head_genes)
+    if genes is not None:
+        wanted = [str(g).upper() for g in genes]
+        missing = [g for g in wanted if g not in set(head_genes)]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} requested genes are not predicted by this model's head (e.g. {missing[:5]}); "
+                f"it predicts {len(head_genes)} genes, see model.config.head_genes."
+            )
+        cols = [head_genes.index(g) for g in wanted]
+    else:
+        wanted, cols = head_genes, list(range(len(head_genes)))
+    out = encode_adata(
+        ad, model, use_he=True, use_gene=False, library_key=library_key, layer=None, batch_size=batch_size,
+        device=device, tta=tta, show_progress=show_progress,
+    )
+    import torch
+
+    with torch.no_grad():
+        dev = next(model.parameters()).device
+        emb = torch.from_numpy(out["embedding"]).to(dev)
+        pred = torch.cat([model.predict_expression(emb[s : s + 4096]).float().cpu() for s in range(0, len(emb), 4096)])
+    pred = pred.numpy()[:, cols].clip(min=0)
+    provenance = {
+        "model": getattr(model, "name", model.config.name),
+        "model_sha256": model_hash(model) or "",
+        "n_genes": len(wanted),
+        "tta": tta,
+        "units": "log1p(counts per 10k)",
+        "version": __version__,
+    }
+    from storm_st.pp import gene_symbols
+
+    if ad.n_vars > 0:
+        sym = list(gene_symbols(ad))
+        pos = {g: i for i, g in enumerate(wanted)}
+        if all(g in pos for g in sym):
+            layer = pred[:, [pos[g] for g in sym]].astype(np.float32)
+            if copy:
+                ad = ad.copy()
+            ad.layers[key_added] = layer
+            ad.uns[key_added] = provenance
+            return ad if copy else None
+    virtual = ad_mod.AnnData(
+        X=pred.astype(np.float32),
+        obs=ad.obs.copy(),
+        var=pd.DataFrame(index=pd.Index(wanted, name="gene")),
+    )
+    if Keys.SPATIAL in ad.obsm:
+        virtual.obsm[Keys.SPATIAL] = np.asarray(ad.obsm[Keys.SPATIAL]).copy()
+    if Keys.SPATIAL in ad.uns:
+        virtual.uns[Keys.SPATIAL] = ad.uns[Keys.SPATIAL]
+    virtual.uns[key_added] = provenance
+    return virtual

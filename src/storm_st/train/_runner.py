@@ -1,0 +1,217 @@
+"""``storm-st pretrain``: read slides from a YAML config, pretrain with Lightning, export a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "model": {},
+    "vocab": {"n_top_genes": 2000, "genes": None},
+    "data": {"slides": [], "windows_per_batch": 32, "cache_patch_size": None, "num_workers": 0, "paired_fraction": 0.75},
+    "training": {
+        "n_visible": 5,
+        "p_he_only": 0.5,
+        "lr": 1e-4,
+        "backbone_lr": None,
+        "weight_decay": 0.05,
+        "layer_decay": 0.7,
+        "warmup_steps": 100,
+        "max_steps": 2000,
+        "ema_momentum": 0.996,
+        "crop_scale": [0.5, 1.0],
+        "jitter": 0.1,
+        "init_backbone": None,
+    },
+    "trainer": {
+        "accelerator": "auto",
+        "devices": "auto",
+        "strategy": "auto",
+        "precision": None,
+        "accumulate_grad_batches": 1,
+        "log_every_n_steps": 10,
+        "checkpoint_every_n_steps": 100,
+        "seed": 0,
+    },
+}
+
+
+def load_config(path: str | Path | dict) -> dict[str, Any]:
+    """Read a YAML pretraining config and fill in defaults (unknown sections raise)."""
+    import yaml
+
+    if isinstance(path, dict):
+        user = path
+        base = Path.cwd()
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file {str(path)!r} not found.")
+        user = yaml.safe_load(path.read_text()) or {}
+        base = path.parent
+    unknown = set(user) - set(DEFAULTS) - {"output"}
+    if unknown:
+        raise ValueError(f"Unknown config sections {sorted(unknown)}; expected {sorted(DEFAULTS)} and 'output'.")
+    cfg = {k: dict(v) for k, v in DEFAULTS.items()}
+    for k, v in user.items():
+        if k == "output":
+            cfg["output"] = v
+            continue
+        bad = set(v or {}) - set(DEFAULTS[k]) if k not in ("model",) else set()
+        if bad:
+            raise ValueError(f"Unknown keys {sorted(bad)} in config section {k!r}; known: {sorted(DEFAULTS[k])}.")
+        cfg[k].update(v or {})
+    cfg["_base"] = str(base)
+    return cfg
+
+
+def read_slide_spec(spec: dict[str, Any] | str, base: str | Path = ".") -> Any:
+    """Read one slide of a config.
+
+    ``{reader: her2st, root: ..., section: C2}``, ``{reader: dlpfc, path: ...}``, or ``{path: slide.h5ad | store.zarr | spaceranger_dir}``. Paths starting with ``@data/`` are read from
+    the shared data folder (``$STORM_ST_DATA`` or ``../shared/data``); others are relative to the config.
+    """
+    import anndata as ad
+
+    from storm_st import io
+
+    if isinstance(spec, str):
+        spec = {"path": spec}
+    spec = dict(spec)
+    reader = spec.pop("reader", None)
+    spec.pop("use", None)
+
+    def _p(key: str) -> Path:
+        raw = str(spec.pop(key))
+        if raw.startswith("@data/"):  # the shared data folder: $STORM_ST_DATA or ../shared/data
+            from storm_st._utils import data_dir
+
+            return data_dir() / raw.removeprefix("@data/")
+        p = Path(raw)
+        return p if p.is_absolute() else Path(base) / p
+
+    if reader == "her2st":
+        root = _p("root")
+        return io.read_her2st_section(root, spec.pop("section"), **spec)
+    if reader == "dlpfc":
+        return io.read_dlpfc(_p("path"), **spec)
+    if reader == "visium":
+        return io.read_visium(_p("path"), **spec)
+    if reader is not None:
+        raise ValueError(f"Unknown reader {reader!r} in slide spec; use her2st, dlpfc, visium or a plain path.")
+    path = _p("path")
+    if path.suffix == ".h5ad":
+        return ad.read_h5ad(path)
+    if path.suffix == ".zarr":
+        return io.read_spatialdata(path, **spec)
+    if path.is_dir():
+        return io.read_visium(path, **spec)
+    raise ValueError(f"Cannot tell how to read {str(path)!r}: give an .h5ad, a .zarr store, or a Space Ranger folder.")
+
+
+def pretrain(config: str | Path | dict, *, output: str | Path | None = None, resume: bool = False, max_steps: int | None = None) -> Path:
+    """Pretrain STORM as described by ``config``; returns the exported checkpoint folder.
+
+    The run folder holds Lightning checkpoints (``checkpoints/last.ckpt`` every
+    ``checkpoint_every_n_steps``; ``resume=True`` continues from it and reaches the same result, since
+    every step's randomness is seeded by the step number), ``metrics.csv`` and, at the end, the
+    exported model (``model/``: safetensors + config.json).
+    """
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from storm_st.data import WindowSampler, prepare_slides
+    from storm_st.models import StormConfig, save_pretrained
+    from storm_st.pp import select_hvgs
+
+    from ._pretrain import StormPretraining
+
+    cfg = load_config(config)
+    if max_steps is not None:
+        cfg["training"]["max_steps"] = int(max_steps)
+    out = Path(output or cfg.get("output") or "runs/storm")
+    out.mkdir(parents=True, exist_ok=True)
+    tr = cfg["trainer"]
+    L.seed_everything(tr["seed"], workers=True)
+    t0 = time.time()
+    slide_specs = cfg["data"]["slides"]
+    if not slide_specs:
+        raise ValueError("The config lists no slides under data.slides.")
+    adatas, uses = [], []
+    for spec in slide_specs:
+        use = (spec.get("use", "he+st") if isinstance(spec, dict) else "he+st")
+        if use not in ("he+st", "he", "st"):
+            raise ValueError(f"slide 'use' must be he+st, he or st, got {use!r}.")
+        adatas.append(read_slide_spec(spec, cfg["_base"]))
+        uses.append(use)
+    vocab = cfg["vocab"]["genes"]
+    vocab_file = out / "vocabulary.json"
+    if vocab is None and resume and vocab_file.is_file():
+        vocab = json.loads(vocab_file.read_text())
+    if vocab is None:
+        vocab = select_hvgs([a for a, u in zip(adatas, uses, strict=True) if u != "he"], cfg["vocab"]["n_top_genes"])
+    vocab_file.write_text(json.dumps(vocab))
+    model_cfg = StormConfig(**{**cfg["model"], "gene_vocab": [str(g).upper() for g in vocab]})
+    slides = []
+    cache = cfg["data"]["cache_patch_size"] or model_cfg.image_size
+    for a, use in zip(adatas, uses, strict=True):
+        slides += prepare_slides(
+            a, model_cfg, use_he="he" in use, use_gene="st" in use, cache_patches=cache if "he" in use else None
+        )
+    n_spots = sum(s.n for s in slides)
+    logger.info("pretraining on %d slides, %d spots, vocabulary of %d genes", len(slides), n_spots, len(vocab))
+    acc = int(tr["accumulate_grad_batches"])
+    steps = int(cfg["training"]["max_steps"])
+    sampler = WindowSampler(slides, windows=cfg["data"]["windows_per_batch"], steps=steps * acc, patch_size=cache, seed=tr["seed"],
+        paired_fraction=cfg["data"]["paired_fraction"],
+    )
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    module = StormPretraining(model_cfg.to_dict(), **cfg["training"])
+    module.step_seed = tr["seed"]
+    if resume and last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        sampler.start = int(state.get("global_step", 0)) * acc
+    loader = torch.utils.data.DataLoader(
+        sampler, batch_size=None, num_workers=cfg["data"]["num_workers"], persistent_workers=False
+    )
+    trainer = L.Trainer(
+        accelerator=tr["accelerator"],
+        devices=tr["devices"],
+        strategy=tr["strategy"],
+        precision=tr["precision"] or ("bf16-mixed" if torch.cuda.is_available() else "32-true"),
+        max_steps=steps,
+        max_epochs=-1,
+        accumulate_grad_batches=acc,
+        log_every_n_steps=tr["log_every_n_steps"],
+        logger=CSVLogger(out, name="logs", version=0),
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=tr["checkpoint_every_n_steps"], save_last=True, save_top_k=0)],
+        enable_progress_bar=True,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        deterministic=False,
+    )
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if (resume and last.is_file()) else None)
+    wall = time.time() - t0
+    model = module.model.cpu().eval()
+    extra = {
+        "pretraining": {
+            "slides": [s.library_id for s in slides],
+            "n_spots": n_spots,
+            "steps": int(trainer.global_step),
+            "wall_time_s": round(wall, 1),
+            "config": {k: v for k, v in cfg.items() if k != "_base"},
+            "device": str(trainer.strategy.root_device),
+        }
+    }
+    model.extra = extra
+    if trainer.is_global_zero:
+        save_pretrained(model, out / "model", extra=extra)
+    return out / "model"
