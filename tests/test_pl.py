@@ -282,3 +282,49 @@ def test_plots_on_real_enrichment(shared_data, tmp_path):
     fig2 = pl.domains(a, key="layer", return_fig=True)
     assert fig2.axes[0].images  # lowres H&E drawn
     fig2.savefig(tmp_path / "dlpfc_layers.png", dpi=DPI)
+
+
+def test_expression_counts_are_log_normalised_and_names_case_insensitive():
+    a = _slide()
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(20, size=a.shape).astype(np.float32) * (1 + (a.obsm["spatial"][:, :1] > 500))
+    a.X = counts
+    a.var_names = ["ga", "gb", "gc"]
+    logn = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    v = ad.AnnData(
+        logn + 0.01 * rng.normal(size=a.shape), obs=a.obs[[]].copy(), var=pd.DataFrame(index=["GA", "GB", "GC"])
+    )
+    axs = pl.expression(a, "GA", virtual=v, show=False)
+    r = np.corrcoef(logn[:, 0], v.X[:, 0])[0, 1]
+    assert f"PCC={r:.2f}" in axs[1].get_title()
+
+
+@pytest.mark.data
+def test_spatial_plots_on_embedded_demo(tmp_path):
+    """Real H&E (HER2ST C6, embedded): domains of a K-means on PCA and measured vs noisy 'virtual' ERBB2."""
+    import scanpy as sc
+
+    import storm_st as st
+    from storm_st.tl._domains import domains as tl_domains
+
+    try:
+        a = st.datasets.demo()
+    except (FileNotFoundError, AttributeError) as e:  # the embedded demo is shipped by storm_st.datasets
+        pytest.skip(f"embedded demo not available: {e}")
+    b = a.copy()
+    sc.pp.normalize_total(b, target_sum=1e4)
+    sc.pp.log1p(b)
+    sc.pp.pca(b, n_comps=10, random_state=0)
+    a.obsm["X_pca"] = b.obsm["X_pca"]
+    tl_domains(a, 4, use_rep="X_pca")
+    fig = pl.domains(a, return_fig=True)
+    ax = fig.axes[0]
+    assert ax.images and ax.images[0].get_array().shape[:2] == a.uns["spatial"]["C6"]["images"]["hires"].shape[:2]
+    sf = a.uns["spatial"]["C6"]["scalefactors"]
+    widths = ax.collections[0]._widths  # EllipseCollection stores half-widths in data units
+    np.testing.assert_allclose(2 * widths[0], sf["spot_diameter_fullres"] * sf["tissue_hires_scalef"], rtol=1e-6)
+    a.layers["storm_virtual"] = b.X.copy()
+    a.layers["storm_virtual"].data += 0.1
+    figs = pl.expression(a, ["ERBB2"], return_fig=True)
+    assert "PCC=" in figs.axes[1].get_title()
+    figs.savefig(tmp_path / "erbb2.png", dpi=DPI)

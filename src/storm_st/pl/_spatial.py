@@ -103,17 +103,43 @@ def domains(
     return finish(fig, ax_, show=show, return_fig=return_fig, ax_given=ax is not None)
 
 
-def _column(adata: AnnData, layer: str | None, genes: Sequence[str], what: str) -> np.ndarray:
-    missing = [g for g in genes if g not in adata.var_names]
+def _gene_index(adata: AnnData, genes: Sequence[str], what: str) -> np.ndarray:
+    """Positions of ``genes``: exact ``var_names`` match, else case-insensitive symbol (Ensembl ids via var symbols)."""
+    from storm_st.pp import gene_symbols
+
+    exact = {g: i for i, g in enumerate(adata.var_names.astype(str))}
+    upper: dict[str, int] = {}
+    for i, g in enumerate(gene_symbols(adata)):
+        upper.setdefault(str(g), i)
+    idx, missing = [], []
+    for g in genes:
+        i = exact.get(str(g), upper.get(str(g).upper()))
+        if i is None:
+            missing.append(g)
+        idx.append(i)
     if missing:
-        raise KeyError(f"Genes {missing} not found in the {what} expression (adata.var_names).")
-    idx = adata.var_names.get_indexer(genes)
+        raise KeyError(f"Genes {missing} not found in the {what} expression (var_names or gene symbols).")
+    return np.asarray(idx, dtype=int)
+
+
+def _column(
+    adata: AnnData, layer: str | None, genes: Sequence[str], what: str, *, log_counts: bool = False
+) -> np.ndarray:
+    """Dense spots x genes values; raw counts become log1p(counts per 10k) when ``log_counts``."""
+    idx = _gene_index(adata, genes, what)
     if layer is not None and layer not in adata.layers:
         raise KeyError(f"adata.layers[{layer!r}] not found; layers are: {list(adata.layers.keys())}.")
     X = adata.layers[layer] if layer is not None else adata.X
-    X = X[:, idx]
-    X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
-    return np.asarray(X, dtype=np.float64)
+    out = X[:, idx]
+    out = np.asarray(out.toarray() if hasattr(out, "toarray") else out, dtype=np.float64)
+    if log_counts:
+        from storm_st.tl._enrichment import _looks_like_counts
+
+        if _looks_like_counts(X):
+            total = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+            total[total == 0] = 1.0
+            out = np.log1p(out / total[:, None] * 1e4)
+    return out
 
 
 def _pcc(a: np.ndarray, b: np.ndarray) -> float:
@@ -152,13 +178,15 @@ def expression(
         :class:`~anndata.AnnData` or :class:`~spatialdata.SpatialData` (then the table ``table_key``) with the
         measured expression.
     genes
-        Gene name(s) in ``var_names``.
+        Gene names: ``var_names``, or symbols matched case-insensitively (Ensembl ``var_names`` through
+        ``var["gene_symbols"]``), in both the measured and the virtual expression.
     virtual_key
         Layer of ``adata`` with the virtual expression (written by :func:`storm_st.tl.impute_expression`).
     virtual
         Alternatively, an :class:`~anndata.AnnData` of virtual expression (matched to ``adata`` by obs_names).
     layer_measured
-        Layer with the measured expression; default ``X``.
+        Layer with the measured expression; default ``X``. Raw counts are shown (and correlated) as
+        log1p(counts per 10k), the units of :func:`storm_st.tl.impute_expression`.
     library_id
         Slide to draw; needed when ``uns["spatial"]`` holds several.
     img
@@ -191,7 +219,7 @@ def expression(
     if not genes:
         raise ValueError("genes is empty; give at least one gene.")
     view = slide_view(adata, library_id, img=img, img_res=img_res)
-    meas = _column(adata, layer_measured, genes, "measured")[view.mask]
+    meas = _column(adata, layer_measured, genes, "measured", log_counts=True)[view.mask]
     if virtual is not None:
         missing_obs = adata.obs_names.difference(virtual.obs_names)
         if len(missing_obs):
