@@ -328,3 +328,15 @@ def test_spatial_plots_on_embedded_demo(tmp_path):
     figs = pl.expression(a, ["ERBB2"], return_fig=True)
     assert "PCC=" in figs.axes[1].get_title()
     figs.savefig(tmp_path / "erbb2.png", dpi=DPI)
+
+
+def test_plots_accept_spatialdata(shown):
+    spatialdata = pytest.importorskip("spatialdata")
+    a = _slide()
+    a.uns["storm_hallmark"] = _enrichment_table()
+    sdata = spatialdata.SpatialData(tables={"table": a})
+    assert isinstance(pl.domains(sdata, table_key="table", show=False), Axes)
+    assert isinstance(pl.embedding(sdata, show=False), Axes)
+    assert isinstance(pl.enrichment(sdata, show=False), Axes)
+    assert len(pl.expression(sdata, "GA", show=False)) == 2
+    assert not shown

@@ -70,15 +70,16 @@ def test_domains_copy_false_returns_none_and_is_deterministic():
     assert (a.obs["storm_domain"] == b.obs["storm_domain"]).all()
 
 
-def test_domains_spatialdata_table():
-    class FakeSData:  # duck-typed: get_adata only needs .tables
-        def __init__(self, table):
-            self.tables = {"table": table}
-
+def test_domains_and_metrics_spatialdata_table():
+    spatialdata = pytest.importorskip("spatialdata")
     a = _blobs()
-    sd = FakeSData(a)
-    domains(sd, 3, table_key="table")
-    assert "storm_domain" in a.obs
+    sdata = spatialdata.SpatialData(tables={"table": a})
+    assert domains(sdata, 3, table_key="table") is None
+    assert "storm_domain" in sdata.tables["table"].obs
+    df = domain_metrics(sdata, "truth", table_key="table")
+    assert df["ARI"].iloc[0] == pytest.approx(1.0)
+    out = domains(sdata, 3, key_added="d2", copy=True)  # single table: table_key may be omitted
+    assert "d2" in out.obs and "d2" not in sdata.tables["table"].obs
 
 
 def _snapshot(a):

@@ -279,3 +279,13 @@ def test_hallmarks_her2st_kmeans(shared_data):
     df = a.uns["storm_hallmark"]
     assert a.uns["storm_hallmark_params"]["n_genes_matched"] > 3000
     assert (df["fdr"] < 0.05).any()
+
+
+def test_enrichment_on_spatialdata_table():
+    spatialdata = pytest.importorskip("spatialdata")
+    a = _toy()
+    sdata = spatialdata.SpatialData(tables={"expr": a})
+    hallmark_enrichment(sdata, gene_sets=SETS, table_key="expr")
+    assert "storm_hallmark" in sdata.tables["expr"].uns
+    rank_domain_genes(sdata, key_added="rk", table_key="expr")
+    assert "rk" in sdata.tables["expr"].uns
