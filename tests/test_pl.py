@@ -232,6 +232,10 @@ def test_pcc_variants(shown):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["A", "B"]
     ax = pl.pcc(res, order=["B", "A"], show=False)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["B", "A"]
+    ax = pl.pcc(pd.Series([0.2, 0.5, np.nan], name="STORM"), show=False)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["STORM"]
+    with pytest.raises(ValueError, match="No finite PCC values"):
+        pl.pcc({"A": [np.nan]})
     with pytest.raises(ValueError, match="kind"):
         pl.pcc(res, kind="bar")
     with pytest.raises(KeyError, match="not in results"):

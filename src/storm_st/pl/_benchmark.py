@@ -19,6 +19,8 @@ _LOWER_IS_BETTER = {"CHAOS", "PAS"}
 
 
 def _as_long(results: Any) -> dict[str, np.ndarray]:
+    if isinstance(results, pd.Series):  # e.g. storm_st.tl.expression_pcc: one method
+        results = {str(results.name) if results.name is not None else "PCC": results.to_numpy(dtype=float)}
     if isinstance(results, pd.DataFrame):
         data = {str(c): results[c].to_numpy(dtype=float) for c in results.columns}
     elif isinstance(results, Mapping):
@@ -52,8 +54,9 @@ def pcc(
     Parameters
     ----------
     results
-        A :class:`~pandas.DataFrame` genes × methods, or a dict method → PCC values. NaN values (e.g. genes
-        constant in a slide) are dropped per method.
+        A :class:`~pandas.DataFrame` genes × methods, a dict method → PCC values, or one
+        :class:`~pandas.Series` (e.g. from :func:`storm_st.tl.expression_pcc`; its name labels the box). NaN
+        values (e.g. genes constant in a slide) are dropped per method.
     kind
         ``"box"`` or ``"violin"``.
     order
