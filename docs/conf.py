@@ -76,7 +76,7 @@ myst_enable_extensions = ["colon_fence", "dollarmath", "amsmath", "deflist", "ht
 myst_heading_anchors = 3
 nb_execution_mode = "off"  # notebooks are committed with their outputs
 nb_merge_streams = True
-nb_output_stderr = "remove-warn"
+nb_output_stderr = "remove"  # warnings stay in the committed notebooks, not in the rendered pages
 
 # No intersphinx: the build must work offline (no inventory downloads).
 
