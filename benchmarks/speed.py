@@ -1,0 +1,57 @@
+"""Task 3: throughput and peak memory of tl.embed / tl.impute_expression vs slide size (CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import RESULTS
+
+SIZES = {"quick": [1000], "full": [1000, 10000, 100000]}
+BREAKDOWN_MAX = 10000
+
+_WRAP = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+    "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+)
+
+
+def _measure(op: str, n: int, model: str, base: str, timeout: int) -> dict:
+    """Run the worker under a tiny wrapper whose RUSAGE_CHILDREN is exactly the worker's peak RSS."""
+    out = RESULTS / "_tmp" / f"speed_{op}_{n}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.unlink()
+    worker = str(Path(__file__).parent / "_speed_worker.py")
+    cmd = [sys.executable, "-c", _WRAP, sys.executable, worker, op, str(n), model, str(out), "--base", base]
+    t = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"op": op, "n_spots": n, "status": f"timeout after {timeout} s"}
+    wall = time.perf_counter() - t
+    peak = next((int(ln.split()[1]) for ln in p.stdout.splitlines() if ln.startswith("PEAK_RSS_KB")), None)
+    if p.returncode != 0 or not out.exists():
+        err = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+        return {"op": op, "n_spots": n, "status": f"error: {(err[-1] if err else p.returncode)}"[:300]}
+    r = json.loads(out.read_text())
+    r["status"] = "ok"
+    r["peak_rss_mb"] = round(peak / 1024, 1) if peak else None
+    r["process_wall_s"] = round(wall, 1)
+    return r
+
+
+def run(args, suite: str) -> dict:
+    sizes = args.sizes or SIZES[suite]
+    timeout = 3000 if suite == "full" else 600
+    rows = []
+    for i, n in enumerate(sizes):
+        ops = ("embed", "impute", "impute_tta") if i == 0 else ("embed", "impute")
+        for op in ops:
+            rows.append(_measure(op, n, args.model, args.speed_base, timeout))
+        if n <= BREAKDOWN_MAX:
+            rows.append(_measure("breakdown", n, args.model, args.speed_base, timeout))
+    return {"base_slide": args.speed_base, "rows": rows}
