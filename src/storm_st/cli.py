@@ -22,7 +22,21 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from <output>/checkpoints/last.ckpt")
     p.add_argument("--max-steps", type=int, default=None, help="override training.max_steps")
     p.set_defaults(func=_cmd_pretrain)
+
+    d = sub.add_parser("demo", help="run the whole workflow on the embedded real data (offline)")
+    d.add_argument("--output", default="storm_demo", help="output folder (default: storm_demo)")
+    d.add_argument("--model", default=None, help="checkpoint folder (default: the embedded model)")
+    d.add_argument("--device", default=None, help="cpu / cuda (default: a GPU when available)")
+    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    d.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from storm_st._demo import run_demo
+
+    run_demo(args.output, model=args.model, device=args.device, show_progress=not args.no_progress)
+    return 0
 
 
 def _setup_logging() -> None:

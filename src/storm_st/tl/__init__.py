@@ -2,7 +2,18 @@
 
 from ._domains import domains
 from ._embed import embed
-from ._expression import fit_expression_head, impute_expression
+from ._enrichment import hallmark_enrichment, load_gene_sets, rank_domain_genes
+from ._expression import expression_pcc, fit_expression_head, impute_expression
 from ._metrics import domain_metrics
 
-__all__ = ["domain_metrics", "domains", "embed", "fit_expression_head", "impute_expression"]
+__all__ = [
+    "domain_metrics",
+    "domains",
+    "embed",
+    "expression_pcc",
+    "fit_expression_head",
+    "hallmark_enrichment",
+    "impute_expression",
+    "load_gene_sets",
+    "rank_domain_genes",
+]

@@ -253,3 +253,72 @@ def impute_expression(
         virtual.uns[Keys.SPATIAL] = ad.uns[Keys.SPATIAL]
     virtual.uns[key_added] = provenance
     return virtual
+
+
+def expression_pcc(
+    adata: AnnData | Any,
+    virtual: AnnData | None = None,
+    *,
+    genes: list[str] | None = None,
+    virtual_key: str = Keys.VIRTUAL,
+    layer: str | None = None,
+    table_key: str | None = None,
+) -> pd.Series:
+    """Gene-wise Pearson correlation between measured and virtual expression over the spots.
+
+    Measured expression is library-size normalised and log-transformed (as the head's target);
+    genes that are constant in either (undefined correlation) get ``NaN``.
+
+    Parameters
+    ----------
+    adata
+        Slide with measured raw counts (``X`` or ``layer``).
+    virtual
+        Output of :func:`impute_expression` when it returned a new AnnData; default
+        ``adata.layers[virtual_key]``.
+    genes
+        Genes to score (default all predicted genes measured on the slide).
+    virtual_key
+        Layer holding the virtual expression when ``virtual`` is not given.
+    layer
+        Layer of raw counts.
+    table_key
+        Table of a SpatialData object.
+
+    Returns
+    -------
+    PCC per gene (index = upper-case symbols), in the order of ``genes``.
+    """
+    from storm_st.pp import align_genes, expression_input, gene_symbols
+
+    ad = get_adata(adata, table_key)
+    if virtual is None:
+        if virtual_key not in ad.layers:
+            raise KeyError(
+                f"No virtual expression: layers[{virtual_key!r}] is missing and no `virtual` AnnData was given. "
+                "Run storm_st.tl.impute_expression first."
+            )
+        pred_names = list(gene_symbols(ad))
+        pred = np.asarray(ad.layers[virtual_key])
+    else:
+        if virtual.n_obs != ad.n_obs or not np.array_equal(virtual.obs_names, ad.obs_names):
+            raise ValueError("`virtual` is not aligned to adata's spots (different obs_names).")
+        pred_names = [str(g).upper() for g in virtual.var_names]
+        pred = virtual.X.toarray() if hasattr(virtual.X, "toarray") else np.asarray(virtual.X)
+    pos = {g: i for i, g in enumerate(pred_names)}
+    genes = [str(g).upper() for g in (genes if genes is not None else pred_names)]
+    unknown = [g for g in genes if g not in pos]
+    if unknown:
+        raise ValueError(f"{len(unknown)} genes have no virtual expression (e.g. {unknown[:5]}).")
+    al = align_genes(ad, genes)
+    if al.n_matched < len(genes):
+        genes = [g for g, p in zip(genes, al.present, strict=True) if p]
+        al = align_genes(ad, genes)
+    y = expression_input(ad, al, layer=layer)
+    p = pred[:, [pos[g] for g in genes]].astype(np.float64)
+    y = y.astype(np.float64)
+    yc, pc = y - y.mean(0), p - p.mean(0)
+    denom = np.sqrt((yc**2).sum(0) * (pc**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(denom > 0, (yc * pc).sum(0) / denom, np.nan)
+    return pd.Series(r, index=pd.Index(genes, name="gene"), name="pcc")

@@ -128,7 +128,7 @@ def pretrain(config: str | Path | dict, *, output: str | Path | None = None, res
     from lightning.pytorch.loggers import CSVLogger
 
     from storm_st.data import WindowSampler, prepare_slides
-    from storm_st.models import StormConfig, save_pretrained
+    from storm_st.models import StormConfig
     from storm_st.pp import select_hvgs
 
     from ._pretrain import StormPretraining
@@ -174,6 +174,16 @@ def pretrain(config: str | Path | dict, *, output: str | Path | None = None, res
     )
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
+    (out / "config_resolved.json").write_text(
+        json.dumps(
+            {
+                "slides": [s.library_id for s in slides],
+                "n_spots": n_spots,
+                "config": {k: v for k, v in cfg.items() if k != "_base"},
+            },
+            default=str,
+        )
+    )
     module = StormPretraining(model_cfg.to_dict(), **cfg["training"])
     module.step_seed = tr["seed"]
     if resume and last.is_file():
@@ -191,7 +201,7 @@ def pretrain(config: str | Path | dict, *, output: str | Path | None = None, res
         max_epochs=-1,
         accumulate_grad_batches=acc,
         log_every_n_steps=tr["log_every_n_steps"],
-        logger=CSVLogger(out, name="logs", version=0),
+        logger=CSVLogger(out, name="logs", version=0, flush_logs_every_n_steps=tr["log_every_n_steps"]),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=tr["checkpoint_every_n_steps"], save_last=True, save_top_k=0)],
         enable_progress_bar=True,
         num_sanity_val_steps=0,
@@ -200,18 +210,38 @@ def pretrain(config: str | Path | dict, *, output: str | Path | None = None, res
     )
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if (resume and last.is_file()) else None)
     wall = time.time() - t0
-    model = module.model.cpu().eval()
-    extra = {
-        "pretraining": {
-            "slides": [s.library_id for s in slides],
-            "n_spots": n_spots,
-            "steps": int(trainer.global_step),
-            "wall_time_s": round(wall, 1),
-            "config": {k: v for k, v in cfg.items() if k != "_base"},
-            "device": str(trainer.strategy.root_device),
-        }
-    }
-    model.extra = extra
     if trainer.is_global_zero:
-        save_pretrained(model, out / "model", extra=extra)
+        return export_run(out, module=module, wall_time_s=wall)
+    return out / "model"
+
+
+def export_run(run_dir: str | Path, *, module: Any = None, wall_time_s: float | None = None) -> Path:
+    """Export ``run_dir/model`` (safetensors + config.json) from a finished module or from ``checkpoints/last.ckpt``.
+
+    A run stopped early can be exported from its last periodic checkpoint.
+    """
+    import torch
+
+    from storm_st.models import save_pretrained
+
+    from ._pretrain import StormPretraining
+
+    out = Path(run_dir)
+    if module is None:
+        ckpt = out / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"No checkpoint at {ckpt}.")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own training state
+        module = StormPretraining(**state["hyper_parameters"])
+        module.load_state_dict(state["state_dict"])
+        step = int(state.get("global_step", 0))
+    else:
+        step = int(module.global_step)
+    cfg_file = out / "config_resolved.json"
+    model = module.model.cpu().eval()
+    info = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    info.update({"steps": step, "wall_time_s": None if wall_time_s is None else round(wall_time_s, 1)})
+    extra = {"pretraining": info}
+    model.extra = extra
+    save_pretrained(model, out / "model", extra=extra)
     return out / "model"

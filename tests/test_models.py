@@ -1,0 +1,166 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from _helpers import GENES, synthetic_slide, tiny_config, tiny_model
+
+import storm_st as st
+from storm_st.data import make_batch, prepare_slides
+from storm_st.models import StormModel, alibi_bias, alibi_slopes, from_pretrained, save_pretrained
+
+
+def test_alibi_slopes_and_bias_values():
+    s = alibi_slopes(8)
+    assert torch.allclose(s, torch.tensor([2 ** (-(i + 1)) for i in range(8)], dtype=s.dtype))
+    pos = torch.tensor([[[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]]])
+    b = alibi_bias(pos, torch.tensor([0.5, 0.25]))
+    assert b.shape == (1, 2, 3, 3)
+    assert math.isclose(float(b[0, 0, 0, 1]), -0.5 * 5.0) and math.isclose(float(b[0, 1, 1, 0]), -0.25 * 5.0)
+    assert float(b[0, 0, 2, 2]) == 0.0
+
+
+def _slide_tensors(model, he=True, gene=True):
+    a = synthetic_slide()
+    s = prepare_slides(a, model.config, use_he=he, use_gene=gene)[0]
+    return a, s
+
+
+def test_window_shapes_edge_padding_and_he_only():
+    m = tiny_model()
+    _, s = _slide_tensors(m)
+    batch = make_batch(s, np.arange(s.n), image_size=32, use_he=True, use_gene=True)
+    tables = {"he": m.encode_he(batch.patches)[1], "gene": m.encode_gene(batch.expr, batch.present)}
+    avail = {"he": batch.has_he, "gene": batch.has_gene}
+    wt = m.build_tokens(tables, avail, batch.window_index, batch.rel_pos)
+    assert wt.tokens.shape == (s.n, 50, 32) and wt.segments == [("he", 25), ("gene", 25)]
+    corner = 0
+    assert not wt.valid[corner].all() and wt.valid[corner, 0]  # edge spot: padded window
+    out = m.spatial_encode(wt)
+    assert torch.isfinite(out).all() and (out[~wt.valid] == 0).all()
+    # H&E-only input is simply fewer tokens
+    wt_he = m.build_tokens({"he": tables["he"]}, avail, batch.window_index, batch.rel_pos)
+    assert wt_he.tokens.shape[1] == 25 and wt_he.segments == [("he", 25)]
+    emb = m(tables={"he": tables["he"]}, available=avail, window_index=batch.window_index, rel_pos=batch.rel_pos)
+    assert emb.shape == (s.n, 32)
+
+
+def test_expert_routing_gene_tokens_never_touch_he_ffn():
+    m = tiny_model()
+    seen = {"he": 0, "gene": 0}
+
+    def hook(name):
+        def f(module, inp, out):
+            seen[name] += inp[0].shape[1]
+
+        return f
+
+    for blk in m.blocks:
+        for name, ffn in blk.experts.items():
+            ffn.register_forward_hook(hook(name))
+    _, s = _slide_tensors(m, he=False)
+    batch = make_batch(s, np.arange(s.n), image_size=32, use_he=False, use_gene=True)
+    m({"gene": m.encode_gene(batch.expr, batch.present)}, {"gene": batch.has_gene}, batch.window_index, batch.rel_pos)
+    assert seen["he"] == 0 and seen["gene"] == 25 * len(m.blocks)
+
+
+def test_masked_positions_do_not_leak():
+    m = tiny_model()
+    _, s = _slide_tensors(m)
+    centre = 24
+    batch = make_batch(s, np.array([centre]), image_size=32, use_he=True, use_gene=True)
+    tables = {"he": m.encode_he(batch.patches)[1], "gene": m.encode_gene(batch.expr, batch.present)}
+    avail = {"he": batch.has_he, "gene": batch.has_gene}
+    vis = {"he": torch.zeros(1, 25, dtype=torch.bool), "gene": torch.zeros(1, 25, dtype=torch.bool)}
+    vis["he"][0, :5] = True
+    vis["gene"][0, :5] = True
+    wt = m.build_tokens(tables, avail, batch.window_index, batch.rel_pos, vis)
+    out = m.spatial_encode(wt)
+    # change every masked spot's tokens: the visible outputs must not move
+    masked_rows = batch.window_index[0, 5:]
+    t2 = {k: v.clone() for k, v in tables.items()}
+    for k in t2:
+        t2[k][masked_rows] = torch.randn_like(t2[k][masked_rows]) * 10
+    out2 = m.spatial_encode(m.build_tokens(t2, avail, batch.window_index, batch.rel_pos, vis))
+    torch.testing.assert_close(out, out2)
+
+
+def test_gene_encoder_is_panel_agnostic():
+    m = tiny_model()
+    e = torch.rand(4, len(GENES))
+    full = torch.ones(len(GENES), dtype=torch.bool)
+    panel = full.clone()
+    panel[10:] = False
+    a = m.encode_gene(e, panel)
+    e2 = e.clone()
+    e2[:, 10:] = 99.0  # absent genes do not matter
+    torch.testing.assert_close(a, m.encode_gene(e2, panel))
+
+
+def test_checkpoint_round_trip_bit_exact(tmp_path):
+    m = tiny_model(head_genes=["GENE1", "GENE2"])
+    save_pretrained(m, tmp_path / "ck")
+    m2 = from_pretrained(tmp_path / "ck")
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), m2.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2)
+    assert m2.config == m.config and not m2.training
+    again = st.load_model(tmp_path / "ck")
+    assert again.config.head_genes == ["GENE1", "GENE2"]
+
+
+def test_corrupted_checkpoint_refused(tmp_path):
+    m = tiny_model()
+    path = save_pretrained(m, tmp_path / "ck")
+    w = path / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="Checksum mismatch"):
+        from_pretrained(path)
+    path2 = save_pretrained(m, tmp_path / "ck2")
+    meta = json.loads((path2 / "config.json").read_text())
+    meta["config"]["hidden_dim"] = 48
+    (path2 / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="do not match the architecture"):
+        from_pretrained(path2)
+    meta["config"]["bogus_field"] = 1
+    (path2 / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="Unknown model config fields"):
+        from_pretrained(path2)
+    with pytest.raises(FileNotFoundError, match="not a storm_st checkpoint"):
+        from_pretrained(tmp_path)
+
+
+def test_load_model_names(tmp_path):
+    with pytest.raises(ValueError, match="Unknown model"):
+        st.load_model("no-such-model")
+    m = st.load_model("storm-small", gene_vocab=["a", "b"], he_backbone="resnet10t", image_size=32, hidden_dim=32, num_heads=4)
+    assert isinstance(m, StormModel) and m.config.gene_vocab == ["A", "B"]
+
+
+def test_storm_base_architecture_is_h0mini_like():
+    cfg = tiny_config()
+    from storm_st.models import PRESETS
+
+    base = PRESETS["storm-base"]
+    assert base["he_backbone"] == "vit_base_patch14_reg4_dinov2" and base["he_backbone_kwargs"]["mlp_layer"] == "swiglu_packed"
+    assert cfg.hidden_dim == 32
+
+
+@pytest.mark.slow
+def test_storm_base_builds_and_loads_backbone_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    m = st.load_model("storm-base", gene_vocab=GENES)
+    assert m.he_encoder.out_dim == 768 and m.he_encoder.backbone.num_reg_tokens == 4
+    save_file({k: v.contiguous() for k, v in m.he_encoder.backbone.state_dict().items()}, str(tmp_path / "h0.safetensors"))
+    m2 = st.load_model("storm-base", gene_vocab=GENES, he_weights=tmp_path / "h0.safetensors")
+    k = "blocks.0.attn.qkv.weight"
+    assert torch.equal(m2.he_encoder.backbone.state_dict()[k], m.he_encoder.backbone.state_dict()[k])
+
+
+def test_default_model_loads_offline():
+    m = st.load_model()
+    assert m.head is not None and len(m.config.gene_vocab) > 100
+    assert m.checkpoint_sha256

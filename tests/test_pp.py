@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+from _helpers import GENES, hex_coords, synthetic_slide
+
+import storm_st as st
+from storm_st.io import slide_views
+from storm_st.pp import align_genes, expression_input, extract_patches, knn_window
+
+
+def test_knn_window_hex_interior_and_edges():
+    xy = hex_coords(10, 10, 100.0)
+    nb = knn_window(xy, 25)
+    assert nb.shape == (100, 25)
+    assert (nb[:, 0] == np.arange(100)).all()  # self first
+    centre = 5 * 10 + 5
+    assert (nb[centre] >= 0).all()  # interior: full window
+    d = np.linalg.norm(xy[nb[centre]] - xy[centre], axis=1)
+    assert d.max() <= 3.0 * 100.0 + 1e-6
+    assert np.all(np.diff(d) >= -1e-9)  # sorted by distance
+    corner = nb[0]
+    assert (corner == -1).sum() > 0  # edge: padded, not filled with far spots
+
+
+def test_knn_window_square_lattice_is_5x5():
+    g = np.stack(np.meshgrid(np.arange(9), np.arange(9)), -1).reshape(-1, 2) * 200.0
+    nb = knn_window(g, 25)
+    c = 4 * 9 + 4
+    rel = (g[nb[c]] - g[c]) / 200.0
+    assert set(map(tuple, rel.astype(int))) == {(i, j) for i in range(-2, 3) for j in range(-2, 3)}
+
+
+def test_knn_window_small_slide_and_cells():
+    xy = np.random.default_rng(0).uniform(0, 100, size=(5, 2))
+    nb = knn_window(xy, 9, radius_factor=None)
+    assert nb.shape == (5, 9) and (nb[:, 5:] == -1).all() and (nb[:, :5] >= 0).all()
+
+
+def test_neighbor_windows_writes_and_respects_slides():
+    a = synthetic_slide(library_id="a")
+    b = synthetic_slide(library_id="b", seed=1)
+    both = st.io.concat_slides([a, b])
+    st.pp.neighbor_windows(both)
+    nb = both.obsm["storm_neighbors"]
+    lib = both.obs["library_id"].to_numpy()
+    for i in range(both.n_obs):
+        js = nb[i][nb[i] >= 0]
+        assert (lib[js] == lib[i]).all()  # never crosses slides
+    assert both.obsm["storm_neighbors_offsets"].shape == (both.n_obs, 50)
+
+
+def test_neighbor_windows_copy_leaves_input():
+    a = synthetic_slide()
+    b = st.pp.neighbor_windows(a, copy=True)
+    assert "storm_neighbors" not in a.obsm and "storm_neighbors" in b.obsm
+
+
+def test_patch_matches_crop_at_scale():
+    a = synthetic_slide(mpp=5.0)
+    view = slide_views(a)[0]
+    img = a.uns["spatial"]["s1"]["images"]["hires"]
+    # fov 55 µm at 5 µm/px = 11 px crop; ask for 11 px output -> exact crop
+    p = extract_patches(view, np.array([24]), fov_um=55.0, size=11)[0]
+    x, y = view.coords_px[24]
+    x0, y0 = int(round(x - 5.5)), int(round(y - 5.5))
+    np.testing.assert_array_equal(p, img[y0 : y0 + 11, x0 : x0 + 11])
+
+
+def test_patch_pyramid_level_choice_and_padding():
+    a = synthetic_slide(mpp=5.0)
+    lib = a.uns["spatial"]["s1"]
+    lib["images"]["lowres"] = lib["images"]["hires"][::2, ::2]
+    lib["scalefactors"]["tissue_lowres_scalef"] = 0.5
+    view = slide_views(a)[0]
+    assert view.best_level(10.0).name == "lowres"
+    assert view.best_level(6.0).name == "hires"
+    # a spot at the image corner: the outside part is white padding
+    view.coords_px[0] = [0.0, 0.0]
+    p = extract_patches(view, np.array([0]), fov_um=55.0, size=11)[0]
+    assert (p[:4, :4] == 255).all()
+
+
+def test_vocabulary_mapping_symbols_case_and_ensembl():
+    a = synthetic_slide()
+    al = align_genes(a, ["gene3", "GENE5", "ABSENT"])
+    assert list(al.columns) == [3, 5, -1] and al.n_matched == 2
+    b = a.copy()
+    b.var["gene_symbols"] = b.var_names
+    b.var_names = [f"ENSG{i:011d}" for i in range(b.n_vars)]
+    al2 = align_genes(b, ["GENE3", "ENSG00000000007"])
+    assert list(al2.columns) == [3, 7]
+    with pytest.raises(ValueError, match="0 of 2 vocabulary genes matched"):
+        align_genes(a, ["FOO", "BAR"])
+
+
+def test_expression_input_and_normalize_record():
+    a = synthetic_slide()
+    al = align_genes(a, GENES[:5] + ["MISSING"])
+    x = expression_input(a, al)
+    assert x.shape == (a.n_obs, 6) and (x[:, 5] == 0).all()
+    counts = a.X.toarray()
+    expected = np.log1p(counts[:, :5] / counts.sum(1, keepdims=True) * 1e4)
+    np.testing.assert_allclose(x[:, :5], expected, rtol=1e-5)
+    st.pp.normalize(a)
+    assert a.uns["storm_normalization"]["log1p"] is True and "storm_log1p" in a.layers
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda a: a.X.data.__setitem__(0, np.nan), "NaN"),
+        (lambda a: a.X.data.__setitem__(0, -1), "negative"),
+        (lambda a: a.X.data.__setitem__(0, 0.5), "non-integer"),
+    ],
+)
+def test_bad_counts_raise_and_leave_object(mutate, match):
+    a = synthetic_slide()
+    mutate(a)
+    before = a.copy()
+    with pytest.raises(ValueError, match=match):
+        st.pp.normalize(a)
+    assert set(a.layers) == set(before.layers) and set(a.uns) == set(before.uns)
+
+
+def test_missing_and_contradictory_scale():
+    a = synthetic_slide()
+    a.uns["spatial"]["s1"]["scalefactors"]["spot_diameter_fullres"] = 30.0  # 55/30 != 5 µm/px
+    with pytest.raises(ValueError, match="Contradictory pixel size"):
+        slide_views(a)
+    b = synthetic_slide()
+    del b.uns["spatial"]["s1"]["scalefactors"]["microns_per_pixel"]
+    del b.uns["spatial"]["s1"]["scalefactors"]["spot_diameter_fullres"]
+    with pytest.raises(ValueError, match="Pixel size of slide"):
+        slide_views(b, require_scale=True)
+
+
+def test_coordinates_outside_image():
+    a = synthetic_slide()
+    a.obsm["spatial"] = a.obsm["spatial"] * 10
+    with pytest.raises(ValueError, match="fall outside"):
+        slide_views(a)
+
+
+def test_real_demo_patch_geometry():
+    a = st.datasets.demo()
+    view = slide_views(a)[0]
+    assert view.platform == "legacy_st" and abs(view.mpp - 0.688) / 0.688 < 0.02
+    p = st.pp.spot_patches(a, size=64)
+    assert p.shape == (a.n_obs, 64, 64, 3) and p.dtype == np.uint8
+    assert p.std() > 10  # real tissue, not padding
