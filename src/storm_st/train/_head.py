@@ -79,7 +79,7 @@ def fit_head(
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(b)
+            tot += loss.item() * len(b)
         history.append(tot / n)
     head.eval()
     return history

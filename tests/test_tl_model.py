@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+from _helpers import GENES, synthetic_slide, tiny_model
+
+import storm_st as st
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def model_with_head(model):
+    a = synthetic_slide()
+    return st.tl.fit_expression_head([a], model, genes=GENES[:10], epochs=2, augment=False, show_progress=False)
+
+
+def test_embed_writes_keys_and_provenance(model):
+    a = synthetic_slide()
+    assert st.tl.embed(a, model, show_progress=False) is None
+    assert a.obsm["X_storm"].shape == (a.n_obs, 32)
+    assert a.obsm["X_storm_he"].shape[0] == a.n_obs and a.obsm["X_storm_gene"].shape == (a.n_obs, 32)
+    assert a.obsm["storm_neighbors"].shape == (a.n_obs, 25)
+    assert a.uns["storm"]["modalities"] == "he+st" and a.uns["storm"]["version"]
+    assert np.isfinite(a.obsm["X_storm"]).all()
+
+
+@pytest.mark.parametrize(("modalities", "expected"), [("he", "he"), ("st", "st"), ("he+st", "he+st")])
+def test_embed_modalities(model, modalities, expected):
+    a = synthetic_slide()
+    b = st.tl.embed(a, model, modalities=modalities, copy=True, show_progress=False)
+    assert "X_storm" not in a.obsm and b.uns["storm"]["modalities"] == expected
+    assert ("X_storm_he" in b.obsm) == ("he" in expected)
+
+
+def test_embed_multislide_matches_single(model):
+    a, b = synthetic_slide(library_id="a"), synthetic_slide(library_id="b", seed=3)
+    both = st.io.concat_slides([a, b])
+    st.tl.embed(both, model, show_progress=False)
+    st.tl.embed(a, model, show_progress=False)
+    np.testing.assert_allclose(both.obsm["X_storm"][: a.n_obs], a.obsm["X_storm"], rtol=1e-4, atol=1e-5)
+
+
+def test_embed_and_impute_spatialdata(model_with_head):
+    a = synthetic_slide()
+    sdata = st.io.to_spatialdata(a)
+    table_key = next(iter(sdata.tables))
+    st.tl.embed(sdata, model_with_head, table_key=table_key, show_progress=False)
+    assert "X_storm" in sdata.tables[table_key].obsm
+
+
+def test_embed_bad_inputs_leave_object_untouched(model):
+    a = synthetic_slide()
+    a.X = a.X.toarray()
+    a.X[0, 0] = np.nan
+    keys = set(a.obsm)
+    with pytest.raises(ValueError, match="NaN"):
+        st.tl.embed(a, model, modalities="st", show_progress=False)
+    assert set(a.obsm) == keys and "storm" not in a.uns
+    b = synthetic_slide()
+    del b.uns["spatial"]["s1"]["images"]["hires"]
+    with pytest.raises(ValueError, match="has no image"):
+        st.tl.embed(b, model, modalities="he", show_progress=False)
+    c = synthetic_slide()
+    c.var_names = [f"X{i}" for i in range(c.n_vars)]
+    with pytest.raises(ValueError, match="0 of 30 vocabulary genes matched"):
+        st.tl.embed(c, model, modalities="st", show_progress=False)
+    with pytest.raises(ValueError, match="no spots"):
+        st.tl.embed(synthetic_slide()[:0].copy(), model, show_progress=False)
+    with pytest.raises(ValueError, match="modalities must be"):
+        st.tl.embed(synthetic_slide(), model, modalities="rna", show_progress=False)
+
+
+def test_fit_head_and_impute_new_anndata(model_with_head):
+    assert model_with_head.config.head_genes == GENES[:10]
+    a = synthetic_slide(seed=5)
+    v = st.tl.impute_expression(a, model_with_head, tta=False, show_progress=False)
+    assert v.shape == (a.n_obs, 10) and list(v.var_names) == GENES[:10]
+    assert (v.obs_names == a.obs_names).all() and "storm_virtual" not in a.layers
+    assert (v.X >= 0).all()
+    pcc = st.tl.expression_pcc(a, v)
+    const = np.asarray(v.X).std(0) == 0  # undefined correlation only where the prediction is constant
+    assert pcc.shape == (10,) and (np.isnan(pcc.to_numpy()) == const).all()
+
+
+def test_impute_into_layer_when_genes_match(model_with_head):
+    a = synthetic_slide()[:, GENES[:10]].copy()
+    assert st.tl.impute_expression(a, model_with_head, tta=False, show_progress=False) is None
+    assert a.layers["storm_virtual"].shape == a.shape
+    sub = st.tl.impute_expression(synthetic_slide(), model_with_head, genes=["gene2"], tta=False, show_progress=False)
+    assert list(sub.var_names) == ["GENE2"]
+    with pytest.raises(ValueError, match="not predicted by this model"):
+        st.tl.impute_expression(a, model_with_head, genes=["NOPE"], show_progress=False)
+
+
+def test_impute_needs_head_and_image(model, model_with_head):
+    with pytest.raises(ValueError, match="no expression head"):
+        st.tl.impute_expression(synthetic_slide(), model, show_progress=False)
+    b = synthetic_slide()
+    del b.uns["spatial"]["s1"]["images"]["hires"]
+    with pytest.raises(ValueError, match="has no image"):
+        st.tl.impute_expression(b, model_with_head, show_progress=False)
+
+
+def test_impute_from_he_only_wsi(model_with_head, tmp_path):
+    from PIL import Image
+
+    a = synthetic_slide(nx=12, ny=12)
+    img = a.uns["spatial"]["s1"]["images"]["hires"]
+    Image.fromarray(img).save(tmp_path / "he.png")
+    he = st.io.read_wsi(tmp_path / "he.png", mpp=5.0, tissue_only=False)
+    assert he.n_vars == 0 and he.n_obs > 0
+    v = st.tl.impute_expression(he, model_with_head, tta=False, show_progress=False)
+    assert v.shape == (he.n_obs, 10)
+
+
+def test_chain_with_scanpy(model):
+    import scanpy as sc
+
+    a = synthetic_slide()
+    st.tl.embed(a, model, show_progress=False)
+    sc.pp.neighbors(a, use_rep="X_storm")
+    sc.tl.umap(a)
+    st.tl.domains(a, n_domains=3)
+    assert a.obs["storm_domain"].nunique() == 3 and "X_umap" in a.obsm
