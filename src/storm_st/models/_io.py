@@ -156,8 +156,9 @@ def load_model(
         or an architecture name (``"storm-small"``, ``"storm-base"``) for a fresh, randomly
         initialised model.
     he_weights
-        Local weights file (safetensors, timm key names) for the H&E backbone of a fresh
-        architecture, e.g. H0-mini's ``model.safetensors`` for ``"storm-base"``.
+        Weights of the H&E backbone of a fresh architecture: a local safetensors file with timm key
+        names (e.g. H0-mini's ``model.safetensors`` for ``"storm-base"``), or, when online, a hub name
+        such as ``"hf-hub:bioptimus/H0-mini"``.
     gene_vocab
         Gene vocabulary of a fresh architecture.
     map_location
@@ -200,13 +201,33 @@ def load_model(
 
 
 def load_backbone_weights(model: StormModel, path: str | Path) -> None:
-    """Load timm-format weights (safetensors) into the H&E backbone; reports mismatches clearly."""
+    """Load timm-format weights into the H&E backbone; reports mismatches clearly.
+
+    ``path`` is a local safetensors file, or (online only) a hub name such as
+    ``"hf-hub:bioptimus/H0-mini"`` that timm can download.
+    """
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"H&E backbone weights {str(path)!r} not found.")
-    state = load_file(str(path))
+    if str(path).startswith("hf-hub:"):
+        import timm
+
+        from ._storm import _timm_kwargs
+
+        try:
+            hub = timm.create_model(
+                str(path), pretrained=True, num_classes=0, **_timm_kwargs(model.config.he_backbone_kwargs)
+            )
+        except Exception as e:  # network and hub errors vary
+            raise RuntimeError(
+                f"Could not fetch {path!s} from the hub ({type(e).__name__}: {e}). Offline, download the weights "
+                "file once and pass its local path as he_weights."
+            ) from e
+        state = hub.state_dict()
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"H&E backbone weights {str(path)!r} not found.")
+        state = load_file(str(path))
     state = {k.removeprefix("model.").removeprefix("backbone."): v for k, v in state.items()}
     res = model.he_encoder.backbone.load_state_dict(state, strict=False)
     core_missing = [k for k in res.missing_keys if not k.startswith("head")]
