@@ -132,7 +132,7 @@ def _rel(p):
 
 
 def section_expression(res, tag):
-    out = [f"## H&E → expression ({tag})\n", _env(res)]
+    out = [f"### H&E → expression ({tag})\n", _env(res)]
     if not res.get("rows"):
         return "\n".join(out) + f"\nNo results ({res.get('status')}).\n"
     m = res["model"]
@@ -168,7 +168,7 @@ def section_expression(res, tag):
             a = by.get("all (pooled)") or by.get(slides[-1])
             line += [_f(a["mse"], 4), _f(a["r2_median"]), f"{a['n_const_truth']} / {a['n_not_measured']} / {a['n_genes']}"]
             body.append(line)
-        out.append(f"\n### Top {n} HVGs\n\n" + _table(hdr, body) + "\n")
+        out.append(f"\n#### Top {n} HVGs\n\n" + _table(hdr, body) + "\n")
     out.append(
         "\nThe training-mean row predicts the same value at every spot, so its Pearson r is undefined (reported as NaN, "
         "honestly, not as 0); it is the trivial baseline on MSE / R² (R² ≤ 0 by construction against the test slide's "
@@ -204,7 +204,7 @@ def section_expression(res, tag):
 
 
 def section_domains(res, tag):
-    out = [f"## Spatial domains ({tag})\n", _env(res)]
+    out = [f"### Spatial domains ({tag})\n", _env(res)]
     if not res.get("rows"):
         return "\n".join(out) + f"\nNo results ({res.get('status')}).\n"
     for s, info in res.get("slides", {}).items():
@@ -245,7 +245,7 @@ def section_domains(res, tag):
 
 
 def section_speed(res, tag):
-    out = [f"## Speed and memory ({tag})\n", _env(res)]
+    out = [f"### Speed and memory ({tag})\n", _env(res)]
     if not res.get("rows"):
         return "\n".join(out) + f"\nNo results ({res.get('status')}).\n"
     out.append(
@@ -326,7 +326,7 @@ def render(out: Path) -> None:
     tags = sorted(by_tag, key=lambda t: (t != "full", t != "quick", t))
     parts = [HEADER]
     for tag in tags:
-        parts.append(f"\n# Suite: {tag}\n")
+        parts.append(f"\n## Suite: {tag}\n")
         for task, fn in (("expression", section_expression), ("domains", section_domains), ("speed", section_speed)):
             if task in by_tag[tag]:
                 parts.append(fn(by_tag[tag][task], tag))

@@ -62,7 +62,7 @@ def test_quick_expression_tiny(tmp_path, shared_data):
         assert "training-slide mean (constant)" in methods
         mean_row = next(r for r in res["rows"] if r["method"] == "training-slide mean (constant)")
         assert mean_row["pcc_median"] != mean_row["pcc_median"]  # NaN, reported honestly
-        assert (tmp_path / "bench.md").read_text().count("## H&E → expression") >= 1
+        assert (tmp_path / "bench.md").read_text().count("### H&E → expression") >= 1
     finally:
         res_file.unlink(missing_ok=True)
         for f in (ROOT / "docs" / "_static" / "benchmarks").glob(f"{tag}_*"):

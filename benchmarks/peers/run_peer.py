@@ -39,10 +39,16 @@ def graphst(adata, k, seed):
     model = GraphST.GraphST(adata, device=torch.device("cpu"), random_seed=41 + seed)  # epochs=600 default
     adata = model.train()
     # the tutorial clusters with R's mclust (not installed here); GraphST's own leiden option, searched to K
-    clustering(adata, n_clusters=k, method="leiden", start=0.1, end=2.0, increment=0.01, refinement=False)
-    return adata.obs["domain"].astype(str).to_numpy(), np.asarray(adata.obsm["emb"]), {
-        "epochs": 600, "hvg": "seurat_v3 3000 (GraphST.preprocess)", "clustering": "leiden searched to K (mclust needs R)",
-    }
+    how = "leiden searched to K by GraphST.utils.clustering (mclust needs R)"
+    try:
+        clustering(adata, n_clusters=k, method="leiden", start=0.1, end=2.0, increment=0.01, refinement=False)
+        lab = adata.obs["domain"].astype(str).to_numpy()
+    except AssertionError:  # no leiden resolution gives exactly K clusters
+        from sklearn.cluster import KMeans
+
+        lab = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(adata.obsm["emb_pca"]).astype(str)
+        how = "KMeans(K) on GraphST's 20 PCs (no leiden resolution gave K clusters; mclust needs R)"
+    return lab, np.asarray(adata.obsm["emb"]), {"epochs": 600, "hvg": "seurat_v3 3000 (GraphST.preprocess)", "clustering": how}
 
 
 def spagcn(adata, k, seed):
