@@ -210,9 +210,9 @@ def normalize(
 def select_hvgs(adatas: AnnData | list[AnnData], n_top_genes: int = 2000) -> list[str]:
     """Highly variable genes of one or several slides, as upper-case symbols.
 
-    Scanpy's Seurat-flavour dispersion is computed per slide on library-size-normalised log
-    expression; genes are ranked by their median rank over the slides that measure them (genes on
-    more panels first among ties), so no slide's depth or panel dominates.
+    Scanpy's ``seurat_v3`` flavour on raw counts (variance-stabilised, so lowly expressed noisy genes do
+    not dominate), with each slide as a batch: genes are ranked by how many slides call them variable,
+    then by their median rank over the slides. Only genes measured on every slide are candidates.
 
     Parameters
     ----------
@@ -225,22 +225,34 @@ def select_hvgs(adatas: AnnData | list[AnnData], n_top_genes: int = 2000) -> lis
     -------
     Gene symbols, most variable first.
     """
+    import anndata as ad
     import pandas as pd
     import scanpy as sc
 
     if not isinstance(adatas, list | tuple):
         adatas = [adatas]
-    ranks = []
-    for a in adatas:
+    parts = []
+    for i, a in enumerate(adatas):
         if a.n_vars == 0 or a.n_obs < 3:
             continue
-        b = sc.AnnData(log_normalize(_counts_matrix(a, None)))
+        X = _counts_matrix(a, None)
+        check_counts(X, integer=True, what="counts")
+        b = ad.AnnData(sp.csr_matrix(X, dtype=np.float32))
         b.var_names = pd.Index(gene_symbols(a)).astype(str)
-        b.var_names_make_unique()
-        sc.pp.highly_variable_genes(b, flavor="seurat", n_top_genes=min(n_top_genes, b.n_vars))
-        ranks.append(b.var["dispersions_norm"].fillna(-np.inf).rank(ascending=False))
-    if not ranks:
+        b = b[:, ~b.var_names.duplicated()].copy()
+        b.obs_names = [f"{i}_{j}" for j in range(b.n_obs)]
+        parts.append(b)
+    if not parts:
         raise ValueError("No slide with genes and at least 3 spots to select highly variable genes from.")
-    table = pd.concat(ranks, axis=1)
-    score = table.median(axis=1, skipna=True) - 0.1 * table.notna().sum(axis=1)
-    return [str(g) for g in score.sort_values(kind="stable").index[:n_top_genes]]
+    cat = ad.concat(parts, join="inner", label="slide") if len(parts) > 1 else parts[0]
+    cat = cat[:, np.asarray(cat.X.sum(0)).ravel() > 0].copy()
+    n = min(n_top_genes, cat.n_vars)
+    sc.pp.highly_variable_genes(
+        cat, flavor="seurat_v3", n_top_genes=n, batch_key="slide" if len(parts) > 1 else None
+    )
+    var = cat.var
+    if "highly_variable_nbatches" in var:
+        var = var.sort_values(["highly_variable_nbatches", "highly_variable_rank"], ascending=[False, True])
+    else:
+        var = var.sort_values("highly_variable_rank")
+    return [str(g) for g in var.index[:n]]
