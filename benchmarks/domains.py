@@ -109,22 +109,33 @@ def _run_peer(name: str, a, k: int, work: Path, python: str, timeout: int, seed:
     return res
 
 
-def run(args, suite: str) -> dict:
+def _load_model(args, slides):
     import storm_st as st
 
-    slides = args.domain_slides or DEFAULT_SLIDES
     if args.model in ("storm-small", "random"):  # harness test only: a random model with the first slide's HVGs
         import torch
 
         torch.manual_seed(args.seed)
         vocab = st.pp.select_hvgs(read_slide(slides[0]), 2000)
-        model = st.load_model("storm-small", gene_vocab=vocab, he_backbone="resnet10t", image_size=112)
-    else:
-        model = st.load_model(args.model)
+        return st.load_model("storm-small", gene_vocab=vocab, he_backbone="resnet10t", image_size=112)
+    deadline = time.time() + (args.wait_model or 0)
+    while True:  # --wait-model: peers run first, the checkpoint may still be being built
+        try:
+            return st.load_model(args.model)
+        except (FileNotFoundError, ValueError):
+            if time.time() > deadline:
+                raise
+            time.sleep(30)
+
+
+def run(args, suite: str) -> dict:
+    import storm_st as st
+
+    slides = args.domain_slides or DEFAULT_SLIDES
     peer_python = args.peer_python or sys.executable
-    rows, info = [], {}
+    data, rows, info = {}, {}, {}
+    # 1) baseline and peers (they do not need the STORM checkpoint)
     for spec in slides:
-        t = time.perf_counter()
         a0 = read_slide(spec)
         a, key, n_kept, n_dropped = _labelled(a0)
         k = int(a.obs[key].nunique())
@@ -138,32 +149,22 @@ def run(args, suite: str) -> dict:
 
             v = slide_views(a)[0]
             sinfo["image_um_per_px"] = round(float(v.levels[0].mpp), 3)
-        mods = ["he+st", "he", "st"] if img else ["st"]
-        for m in mods:
-            t = time.perf_counter()
-            b = a.copy()
-            try:
-                st.tl.embed(b, model, modalities=m, show_progress=False)
-                st.tl.domains(b, n_domains=k, use_rep="X_storm", key_added="bench_domain", random_state=args.seed)
-                r = _metrics(b, key, "bench_domain", "X_storm")
-                rows.append({"slide": spec, "method": f"STORM ({m})", "status": "ok", **r})
-            except Exception as e:
-                log.exception("STORM %s failed", m)
-                rows.append({"slide": spec, "method": f"STORM ({m})", "status": f"error: {type(e).__name__}: {e}"[:300]})
-            sinfo["timings_s"][f"STORM ({m})"] = round(time.perf_counter() - t, 1)
+        data[spec] = (a, key, k, img)
+        rows[spec] = []
         t = time.perf_counter()
         b = a.copy()
         lab, X = baseline_pca_kmeans(b, k, args.seed)
         b.obs["bench_domain"] = lab.astype(str)
         b.obsm["X_bench"] = X
-        rows.append({"slide": spec, "method": "HVG->PCA->KMeans (scanpy)", "status": "ok",
-                     **_metrics(b, key, "bench_domain", "X_bench")})
+        rows[spec].append({"slide": spec, "method": "HVG->PCA->KMeans (scanpy)", "status": "ok",
+                           **_metrics(b, key, "bench_domain", "X_bench")})
         sinfo["timings_s"]["HVG->PCA->KMeans"] = round(time.perf_counter() - t, 1)
         for peer in PEERS:
             if suite == "quick" or peer not in (args.peers or PEERS):
-                rows.append({"slide": spec, "method": peer, "status": "not run (quick suite)" if suite == "quick" else "not selected"})
+                rows[spec].append({"slide": spec, "method": peer, "status": "not run (quick suite)" if suite == "quick" else "not selected"})
                 continue
             work = RESULTS / "_tmp" / spec.replace(":", "_").replace("/", "_")
+            log.info("peer %s on %s", peer, spec)
             res = _run_peer(peer, a, k, work, peer_python, PEER_TIMEOUT_S[suite], args.seed)
             row = {"slide": spec, "method": peer, "status": res["status"], "seconds": res.get("seconds")}
             if res["status"] == "ok":
@@ -175,8 +176,27 @@ def run(args, suite: str) -> dict:
                     use_rep = "X_peer"
                 row.update(_metrics(b, key, "bench_domain", use_rep))
                 row["settings"] = res["info"]
-            rows.append(row)
+            rows[spec].append(row)
             sinfo["timings_s"][peer] = res.get("seconds")
         info[spec] = sinfo
-    return {"slides": info, "rows": rows, "model": {"name": getattr(model, "name", ""), "sha256": getattr(model, "checkpoint_sha256", None)},
+    # 2) STORM
+    model = _load_model(args, slides)
+    for spec in slides:
+        a, key, k, img = data[spec]
+        storm_rows = []
+        for m in ["he+st", "he", "st"] if img else ["st"]:
+            t = time.perf_counter()
+            b = a.copy()
+            try:
+                st.tl.embed(b, model, modalities=m, show_progress=False)
+                st.tl.domains(b, n_domains=k, use_rep="X_storm", key_added="bench_domain", random_state=args.seed)
+                r = _metrics(b, key, "bench_domain", "X_storm")
+                storm_rows.append({"slide": spec, "method": f"STORM ({m})", "status": "ok", **r})
+            except Exception as e:
+                log.exception("STORM %s failed", m)
+                storm_rows.append({"slide": spec, "method": f"STORM ({m})", "status": f"error: {type(e).__name__}: {e}"[:300]})
+            info[spec]["timings_s"][f"STORM ({m})"] = round(time.perf_counter() - t, 1)
+        rows[spec] = storm_rows + rows[spec]
+    return {"slides": info, "rows": [r for spec in slides for r in rows[spec]],
+            "model": {"name": getattr(model, "name", ""), "sha256": getattr(model, "checkpoint_sha256", None)},
             "peer_python": peer_python}
