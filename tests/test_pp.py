@@ -147,3 +147,16 @@ def test_real_demo_patch_geometry():
     p = st.pp.spot_patches(a, size=64)
     assert p.shape == (a.n_obs, 64, 64, 3) and p.dtype == np.uint8
     assert p.std() > 10  # real tissue, not padding
+
+
+def test_select_hvgs_real_slide_prefers_variable_expressed_genes():
+    a = st.datasets.demo()
+    genes = st.pp.select_hvgs(a, 50)
+    assert len(genes) == 50 and len(set(genes)) == 50 and all(g == g.upper() for g in genes)
+    x = expression_input(a, align_genes(a, genes))
+    allx = expression_input(a, align_genes(a, list(st.pp.gene_symbols(a))))
+    detected = (allx > 0).mean(0)
+    assert (x > 0).mean(0).mean() > detected[detected > 0].mean()  # not dominated by rare, noisy genes
+    assert genes == st.pp.select_hvgs(a, 50)  # deterministic
+    with pytest.raises(ValueError, match="No slide with genes"):
+        st.pp.select_hvgs(a[:, :0].copy(), 10)

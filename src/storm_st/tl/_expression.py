@@ -44,6 +44,7 @@ def fit_expression_head(
     layer: str | None = None,
     device: str | None = None,
     seed: int = 0,
+    finetune_epochs: int = 0,
     show_progress: bool = True,
 ) -> StormModel:
     """Fit STORM's expression head on paired H&E + ST slides (the encoder stays frozen).
@@ -76,6 +77,10 @@ def fit_expression_head(
         Torch device; default a GPU when available.
     seed
         Random seed.
+    finetune_epochs
+        After fitting the head on the frozen encoder (as in the paper), fine-tune the whole network
+        (backbone, spatial encoder, head) for this many passes over the slides with augmentation
+        (0 = off). Useful for small models pretrained on few slides.
     show_progress
         Progress bar while embedding.
 
@@ -121,6 +126,21 @@ def fit_expression_head(
         model_out, np.concatenate(embs), np.concatenate(ys), np.concatenate(ms), genes=genes, epochs=epochs, lr=lr,
         batch_size=batch_size, l1=l1, l2=l2, seed=seed, device=dev,
     )
+    ft_hist: list[float] = []
+    if finetune_epochs > 0:
+        from storm_st.train._head import finetune_with_head
+
+        ft_slides, ft_y, ft_m = [], [], []
+        for a in adatas:
+            y, m = _targets(a, genes, layer)
+            for s in prepare_slides(
+                a, model_out.config, use_he=True, use_gene=False, library_key=library_key,
+                cache_patches=model_out.config.image_size,
+            ):
+                ft_slides.append(s)
+                ft_y.append(y[s.obs_indices])
+                ft_m.append(m[s.obs_indices])
+        ft_hist = finetune_with_head(model_out, ft_slides, ft_y, ft_m, epochs=finetune_epochs, seed=seed, device=dev)
     model_out.cpu().eval()
     model_out.extra = dict(getattr(base, "extra", {}) or {})
     model_out.extra["head"] = {
@@ -130,6 +150,8 @@ def fit_expression_head(
         "lr": lr,
         "augment": augment,
         "loss": [round(h, 5) for h in hist],
+        "finetune_epochs": finetune_epochs,
+        "finetune_loss": [round(h, 5) for h in ft_hist],
     }
     model_out.name = getattr(base, "name", base.config.name) + "+head"
     model_out.checkpoint_sha256 = None

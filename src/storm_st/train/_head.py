@@ -61,6 +61,9 @@ def fit_head(
     X = torch.as_tensor(embeddings, dtype=torch.float32)
     Y = torch.as_tensor(targets, dtype=torch.float32)
     M = torch.ones_like(Y, dtype=torch.bool) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+    with torch.no_grad():  # start from the per-gene training mean, the trivial predictor
+        mean = (Y * M).sum(0) / M.sum(0).clamp_min(1)
+        head[-1].bias.copy_(mean.to(head[-1].bias))
     n = len(X)
     steps_per_epoch = max(1, int(np.ceil(n / batch_size)))
     total = steps_per_epoch * epochs
@@ -82,4 +85,99 @@ def fit_head(
             tot += loss.item() * len(b)
         history.append(tot / n)
     head.eval()
+    return history
+
+
+def finetune_with_head(
+    model: StormModel,
+    slides: list,
+    targets: list[np.ndarray],
+    masks: list[np.ndarray],
+    *,
+    epochs: int = 30,
+    lr: float = 5e-4,
+    backbone_lr: float = 2e-4,
+    weight_decay: float = 0.05,
+    layer_decay: float = 0.85,
+    l1: float = 1.0,
+    l2: float = 1.0,
+    crop_scale: tuple[float, float] = (0.6, 1.0),
+    jitter: float = 0.1,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """Supervised fine-tuning of the whole network (backbone, spatial encoder, head) on H&E -> expression.
+
+    Every step takes one whole slide: all its spot patches go through the backbone once (augmented:
+    random resized crop, flips / 90° rotations, colour jitter), every spot's 5 x 5 window goes
+    through the spatial encoder from H&E alone, and the head's eq. 4 loss is back-propagated.
+    The head must already exist (see :func:`fit_head`, whose per-gene-mean initialisation it keeps).
+
+    Parameters
+    ----------
+    model
+        Model with a head; trained in place.
+    slides
+        :class:`~storm_st.data.PreparedSlide` objects with cached patches.
+    targets, masks
+        Per slide ``(n, G)`` log-normalised expression and measured-entry masks.
+    epochs
+        Passes over the slides.
+    lr, backbone_lr, weight_decay, layer_decay
+        AdamW; the backbone gets ``backbone_lr`` with layer-wise decay.
+    l1, l2
+        Loss weights of eq. 4.
+    crop_scale, jitter
+        Augmentation.
+    seed
+        Seed.
+    device
+        Torch device.
+
+    Returns
+    -------
+    Mean loss per epoch.
+    """
+    from ._augment import augment
+
+    if model.head is None:
+        raise ValueError("finetune_with_head needs a model with a head (fit_head first).")
+    torch.manual_seed(seed)
+    model.to(device).train()
+    groups = model.backbone_param_groups(backbone_lr, weight_decay, layer_decay)
+    bb = {id(p) for p in model.he_encoder.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in bb and p.requires_grad]
+    groups.append({"params": rest, "lr": lr, "weight_decay": weight_decay})
+    opt = torch.optim.AdamW(groups, lr=lr)
+    for g in opt.param_groups:
+        g["base_lr"] = g["lr"]
+    total = epochs * len(slides)
+    history = []
+    rng = np.random.default_rng(seed)
+    step = 0
+    size = model.config.image_size
+    for _ in range(epochs):
+        tot, n = 0.0, 0
+        for i in rng.permutation(len(slides)):
+            s = slides[i]
+            f = cosine_with_warmup(step, max(1, total // 20), total)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * f
+            x = torch.from_numpy(s.patches).permute(0, 3, 1, 2).to(device)
+            x = augment(x, size, crop_scale=crop_scale, jitter=jitter)
+            _, tok = model.encode_he(x)
+            avail = {"he": torch.ones(s.n, dtype=torch.bool, device=device)}
+            emb = model({"he": tok}, avail, torch.from_numpy(s.neighbors).to(device), torch.from_numpy(s.rel_pos).to(device))
+            pred = model.predict_expression(emb)
+            y = torch.from_numpy(targets[i]).to(device)
+            m = torch.from_numpy(masks[i]).to(device)
+            loss = expression_loss(pred, y, m, l1, l2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            tot += loss.item() * s.n
+            n += s.n
+        history.append(tot / n)
+    model.eval()
     return history
