@@ -79,7 +79,8 @@ def run_demo(
     sc.pp.neighbors(adata, use_rep="X_storm")
     sc.tl.umap(adata, random_state=0)
     st.tl.rank_domain_genes(adata)
-    st.tl.hallmark_enrichment(adata)
+    # the 100 most up-regulated genes per domain: with ~180 spots few genes pass an FDR cut-off
+    st.tl.hallmark_enrichment(adata, n_top=100)
     hall = adata.uns["storm_hallmark"]
     import pandas as pd
 
@@ -107,9 +108,10 @@ def run_demo(
     fig.tight_layout()
     fig.savefig(out / "c6_domains.png", dpi=120)
     plt.close(fig)
-    fig = st.pl.enrichment(adata, return_fig=True, max_terms=20)
-    fig.savefig(out / "c6_hallmarks.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    if len(sig):
+        fig = st.pl.enrichment(adata, return_fig=True, max_terms=20)
+        fig.savefig(out / "c6_hallmarks.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
     fig = st.pl.expression(adata, best, virtual=virtual_ad, return_fig=True)
     fig.savefig(out / "c6_virtual_expression.png", dpi=120, bbox_inches="tight")
     plt.close(fig)

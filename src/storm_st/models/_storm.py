@@ -110,8 +110,9 @@ class WindowTokens:
 class StormModel(nn.Module):
     """STORM: spot encoders + spatial encoder (+ optional expression head).
 
-    The backbone runs once per spot (:meth:`encode_spots`); windows then index a table of spot
-    tokens (:meth:`encode_windows`), so a slide costs ``n_spots`` backbone passes, not 25 x.
+    The backbone runs once per spot (:meth:`encode_he`, :meth:`encode_gene`); windows then index a
+    table of spot tokens (:meth:`build_tokens`, :meth:`spatial_encode`), so a slide costs ``n_spots``
+    backbone passes, not 25 x.
     """
 
     def __init__(self, config: StormConfig):
