@@ -221,6 +221,11 @@ def section_domains(res, tag):
         "- DLPFC's image is the 600 x 600 low-res image (≈12.7 µm/px): a 55 µm spot is ~4 px, so STORM (he) there "
         "sees almost no morphology — reported as is.\n"
     )
+    if "A1" in res.get("slides", {}):
+        out.append(
+            "- Caveat: HER2ST A1 is one of the default checkpoint's expression-only pretraining sections "
+            "(configs/default.yaml; its labels were never used), so A1 is not unseen data for STORM (st).\n"
+        )
     hdr = ["slide", "method", "ARI", "NMI", "FMI", "HOM", "COM", "CHAOS ↓", "PAS ↓", "ASW", "status / s"]
     body = []
     for r in res["rows"]:
