@@ -157,15 +157,16 @@ def expression_input(
     if check:
         check_counts(X, integer=not already_log, what=f"adata.layers[{layer!r}]" if layer else "adata.X")
     X = X.tocsr() if sp.issparse(X) else np.asarray(X)
-    n = adata.n_obs
-    V = len(alignment.columns)
-    out = np.zeros((n, V), dtype=np.float32)
-    if already_log:
-        vals = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float32)
-    else:
-        vals = log_normalize(X, target_sum)
-    cols = alignment.columns
-    out[:, alignment.present] = vals[:, cols[alignment.present]]
+    out = np.zeros((adata.n_obs, len(alignment.columns)), dtype=np.float32)
+    cols = alignment.columns[alignment.present]
+    sub = X[:, cols]  # only the vocabulary genes are densified
+    sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
+    sub = sub.astype(np.float32, copy=False)
+    if not already_log:
+        tot = np.asarray(X.sum(axis=1), dtype=np.float32).reshape(-1, 1)  # library size over all genes
+        tot[tot == 0] = 1.0
+        sub = np.log1p(sub / tot * target_sum)
+    out[:, alignment.present] = sub
     return out
 
 
