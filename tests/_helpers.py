@@ -49,19 +49,19 @@ def synthetic_slide(
 
 
 def tiny_config(**kw) -> StormConfig:
-    base = dict(
-        he_backbone="resnet10t",
-        image_size=32,
-        gene_vocab=list(GENES),
-        gene_embed_dim=16,
-        hidden_dim=32,
-        depth=2,
-        num_heads=4,
-        decoder_dim=16,
-        decoder_depth=1,
-        head_hidden=16,
-        dropout=0.0,
-    )
+    base = {
+        "he_backbone": "resnet10t",
+        "image_size": 32,
+        "gene_vocab": list(GENES),
+        "gene_embed_dim": 16,
+        "hidden_dim": 32,
+        "depth": 2,
+        "num_heads": 4,
+        "decoder_dim": 16,
+        "decoder_depth": 1,
+        "head_hidden": 16,
+        "dropout": 0.0,
+    }
     base.update(kw)
     return StormConfig(**base)
 

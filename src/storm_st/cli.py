@@ -20,7 +20,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML config (see configs/default.yaml)")
     p.add_argument("--output", default=None, help="run folder (default: the config's 'output')")
     p.add_argument("--resume", action="store_true", help="continue from <output>/checkpoints/last.ckpt")
-    p.add_argument("--max-steps", type=int, default=None, help="override training.max_steps")
+    p.add_argument("--max-steps", type=int, default=None, help="override training.max_steps (the schedule length)")
+    p.add_argument("--stop-at-step", type=int, default=None, help="stop at this step, keeping the schedule (resume later)")
     p.set_defaults(func=_cmd_pretrain)
 
     d = sub.add_parser("demo", help="run the whole workflow on the embedded real data (offline)")
@@ -49,7 +50,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from storm_st.train._runner import pretrain
 
     _setup_logging()
-    path = pretrain(args.config, output=args.output, resume=args.resume, max_steps=args.max_steps)
+    path = pretrain(
+        args.config, output=args.output, resume=args.resume, max_steps=args.max_steps, stop_at_step=args.stop_at_step
+    )
     print(f"model written to {path}")
     return 0
 

@@ -114,13 +114,22 @@ def read_slide_spec(spec: dict[str, Any] | str, base: str | Path = ".") -> Any:
     raise ValueError(f"Cannot tell how to read {str(path)!r}: give an .h5ad, a .zarr store, or a Space Ranger folder.")
 
 
-def pretrain(config: str | Path | dict, *, output: str | Path | None = None, resume: bool = False, max_steps: int | None = None) -> Path:
+def pretrain(
+    config: str | Path | dict,
+    *,
+    output: str | Path | None = None,
+    resume: bool = False,
+    max_steps: int | None = None,
+    stop_at_step: int | None = None,
+) -> Path:
     """Pretrain STORM as described by ``config``; returns the exported checkpoint folder.
 
     The run folder holds Lightning checkpoints (``checkpoints/last.ckpt`` every
     ``checkpoint_every_n_steps``; ``resume=True`` continues from it and reaches the same result, since
     every step's randomness is seeded by the step number), ``metrics.csv`` and, at the end, the
-    exported model (``model/``: safetensors + config.json).
+    exported model (``model/``: safetensors + config.json). ``max_steps`` overrides the schedule's
+    length; ``stop_at_step`` stops earlier without changing the schedule (train in chunks, then
+    ``resume``).
     """
     import lightning as L
     import torch
@@ -197,7 +206,7 @@ def pretrain(config: str | Path | dict, *, output: str | Path | None = None, res
         devices=tr["devices"],
         strategy=tr["strategy"],
         precision=tr["precision"] or ("bf16-mixed" if torch.cuda.is_available() else "32-true"),
-        max_steps=steps,
+        max_steps=min(stop_at_step, steps) if stop_at_step else steps,
         max_epochs=-1,
         accumulate_grad_batches=acc,
         log_every_n_steps=tr["log_every_n_steps"],
