@@ -97,7 +97,7 @@ python scripts/build_default_model.py --run runs/default
 | H&E + ST slides | HER2ST {', '.join(TRAIN)} (the training split; C5 and C6 are never read) |
 | expression-only slides | {', '.join(s for s in info.get('slides', []) if s not in TRAIN)} |
 | spots | {info.get('n_spots', 'n/a')} |
-| gene vocabulary | {len(model.config.gene_vocab)} genes (highly variable over the training slides) |
+| gene vocabulary | {len(model.config.gene_vocab)} genes (seurat_v3 highly variable genes over all pretraining slides, slides as batches) |
 | H&E backbone | `{model.config.he_backbone}` at {model.config.image_size} px over the spot's {int(model.config.fov_um or 100)} µm, random init |
 | spatial encoder | {model.config.depth} blocks, width {model.config.hidden_dim}, {model.config.num_heads} heads, MoME FFNs, 2-D ALiBi |
 | optimizer steps | {info.get('steps')} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}) |
