@@ -124,3 +124,16 @@ def test_chain_with_scanpy(model):
     sc.tl.umap(a)
     st.tl.domains(a, n_domains=3)
     assert a.obs["storm_domain"].nunique() == 3 and "X_umap" in a.obsm
+
+
+def test_auto_drops_an_image_too_coarse_for_morphology(model):
+    a = synthetic_slide(mpp=5.0)  # tiny model: 55 µm over 32 px needs 1.7 µm/px; 5 µm/px is < 4x coarser
+    st.tl.embed(a, model, show_progress=False)
+    assert a.uns["storm"]["modalities"] == "he+st"
+    b = synthetic_slide(mpp=5.0)
+    lib = b.uns["spatial"]["s1"]
+    lib["images"]["hires"] = lib["images"]["hires"][::8, ::8].copy()
+    lib["scalefactors"]["tissue_hires_scalef"] = 1 / 8
+    with pytest.warns(UserWarning, match="too coarse"):
+        st.tl.embed(b, model, show_progress=False)
+    assert b.uns["storm"]["modalities"] == "st"

@@ -41,8 +41,27 @@ def resolve_model(model: StormModel | str | None) -> StormModel:
     return load_model(model)
 
 
-def resolve_modalities(adata: AnnData, modalities: str, library_key: str | None) -> tuple[bool, bool]:
-    """Which modalities to feed: ``'auto'`` uses what the object has."""
+#: ``'auto'`` leaves H&E out when the finest image is this many times coarser than the patches need
+MAX_UPSAMPLING = 4.0
+
+
+def _image_too_coarse(view, model: StormModel | None) -> bool:
+    if model is None or not view.has_image or not np.isfinite(view.mpp):
+        return False
+    fov = model.config.fov_um or view.spot_diameter_um
+    need = fov / model.config.image_size
+    return min(lv.mpp for lv in view.levels) > MAX_UPSAMPLING * need
+
+
+def resolve_modalities(
+    adata: AnnData, modalities: str, library_key: str | None, model: StormModel | None = None
+) -> tuple[bool, bool]:
+    """Which modalities to feed.
+
+    ``'auto'`` uses what the object has; an image far too coarse for morphology (finest level more
+    than 4x coarser than the patch resolution, e.g. a 12 µm/px Visium low-res image) is left out with
+    a warning, and the expression is used alone.
+    """
     if modalities not in MODALITY_CHOICES:
         raise ValueError(f"modalities must be one of {MODALITY_CHOICES}, got {modalities!r}.")
     if modalities == "he+st":
@@ -51,8 +70,20 @@ def resolve_modalities(adata: AnnData, modalities: str, library_key: str | None)
         return True, False
     if modalities == "st":
         return False, True
-    has_img = all(v.has_image for v in slide_views(adata, library_key=library_key))
+    views = slide_views(adata, library_key=library_key)
+    has_img = all(v.has_image for v in views)
     has_gene = adata.n_vars > 0
+    if has_img and has_gene and any(_image_too_coarse(v, model) for v in views):
+        import warnings
+
+        warnings.warn(
+            "The H&E image is too coarse for spot morphology (finest level "
+            f"{min(lv.mpp for v in views for lv in v.levels):.1f} µm/px); modalities='auto' uses expression only. "
+            "Pass modalities='he+st' to use it anyway, or provide the full-resolution image.",
+            UserWarning,
+            stacklevel=3,
+        )
+        has_img = False
     if not has_img and not has_gene:
         raise ValueError("adata has neither an image (uns['spatial'][...]['images']) nor genes: nothing to embed.")
     return has_img, has_gene

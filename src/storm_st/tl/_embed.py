@@ -43,7 +43,9 @@ def embed(
     model
         A :class:`~storm_st.models.StormModel`, a checkpoint path, or ``None`` for the embedded default.
     modalities
-        ``'auto'`` (what the object has), ``'he+st'``, ``'he'`` (H&E only) or ``'st'`` (expression only).
+        ``'auto'`` (what the object has; an image far too coarse for morphology, such as a Visium
+        low-res image alone, is left out with a warning), ``'he+st'``, ``'he'`` (H&E only) or ``'st'``
+        (expression only).
     key_added
         Key of the embedding in :attr:`~anndata.AnnData.obsm`.
     library_key
@@ -77,7 +79,7 @@ def embed(
 
     ad = get_adata(adata, table_key)
     model = resolve_model(model)
-    use_he, use_gene = resolve_modalities(ad, modalities, library_key)
+    use_he, use_gene = resolve_modalities(ad, modalities, library_key, model)
     out = encode_adata(
         ad, model, use_he=use_he, use_gene=use_gene, library_key=library_key, layer=layer,
         batch_size=batch_size, device=device, tta=tta, show_progress=show_progress,
