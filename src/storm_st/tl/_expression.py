@@ -109,11 +109,16 @@ def fit_expression_head(
 
     dev = resolve_device(device)
     base = base.to(dev).eval()
+    prepared = []  # (slides, targets, masks) per AnnData, reused by the fine-tuning stage
+    cache = base.config.image_size if finetune_epochs > 0 else None
     for a in adatas:
         if a.n_vars == 0:
             raise ValueError("A training slide has no genes; fit_expression_head needs measured expression.")
         y, m = _targets(a, genes, layer)
-        slides = prepare_slides(a, base.config, use_he=True, use_gene=False, library_key=library_key)
+        slides = prepare_slides(
+            a, base.config, use_he=True, use_gene=False, library_key=library_key, cache_patches=cache
+        )
+        prepared.append((slides, y, m))
         for t in transforms:
             e = np.zeros((a.n_obs, base.config.hidden_dim), dtype=np.float32)
             for s in slides:
@@ -131,12 +136,8 @@ def fit_expression_head(
         from storm_st.train._head import finetune_with_head
 
         ft_slides, ft_y, ft_m = [], [], []
-        for a in adatas:
-            y, m = _targets(a, genes, layer)
-            for s in prepare_slides(
-                a, model_out.config, use_he=True, use_gene=False, library_key=library_key,
-                cache_patches=model_out.config.image_size,
-            ):
+        for slides, y, m in prepared:
+            for s in slides:
                 ft_slides.append(s)
                 ft_y.append(y[s.obs_indices])
                 ft_m.append(m[s.obs_indices])
