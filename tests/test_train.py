@@ -66,11 +66,13 @@ def _write_cfg(tmp_path, out, steps):
     return p
 
 
-def test_pretrain_cli_resume_continues_from_checkpoint(tmp_path):
+def test_pretrain_cli_resume_reaches_the_uninterrupted_result(tmp_path):
     from storm_st.cli import main
     from storm_st.models import from_pretrained
 
     st.datasets.demo().write_h5ad(tmp_path / "demo.h5ad")
+    full = tmp_path / "full"
+    assert main(["pretrain", "--config", str(_write_cfg(tmp_path, full, 4))]) == 0
     part = tmp_path / "part"
     cfg = _write_cfg(tmp_path, part, 4)
     assert main(["pretrain", "--config", str(cfg), "--stop-at-step", "2"]) == 0  # "killed" after 2 steps
@@ -80,7 +82,10 @@ def test_pretrain_cli_resume_continues_from_checkpoint(tmp_path):
     assert main(["pretrain", "--config", str(cfg), "--resume"]) == 0
     ck = torch.load(part / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ck["global_step"] == 4  # continued to the schedule's end, not restarted from step 0
-    final = from_pretrained(part / "model")
-    assert final.extra["pretraining"]["steps"] == 4
-    moved = [k for k, v in final.state_dict().items() if v.is_floating_point() and not torch.equal(v, step2.state_dict()[k])]
+    resumed, uninterrupted = from_pretrained(part / "model"), from_pretrained(full / "model")
+    assert resumed.extra["pretraining"]["steps"] == 4
+    ref = uninterrupted.state_dict()
+    moved = [k for k, v in resumed.state_dict().items() if v.is_floating_point() and not torch.equal(v, step2.state_dict()[k])]
     assert moved  # the resumed steps trained the step-2 weights further
+    for k, v in resumed.state_dict().items():  # ... and reached exactly the uninterrupted run's weights
+        torch.testing.assert_close(v, ref[k], rtol=0, atol=0, msg=f"{k} differs from the uninterrupted run")

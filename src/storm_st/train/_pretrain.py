@@ -65,6 +65,10 @@ class StormPretraining(L.LightningModule):
         H&E augmentation strengths.
     init_backbone
         Optional path of backbone weights (safetensors) to start from.
+    seed
+        Base seed of the per-step random streams (masking, H&E-only windows, augmentation, dropout):
+        every micro-batch reseeds from ``(seed, global step, micro-batch)``, so a run resumed from a
+        checkpoint draws exactly the numbers the uninterrupted run would have drawn.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class StormPretraining(L.LightningModule):
         crop_scale: tuple[float, float] = (0.5, 1.0),
         jitter: float = 0.1,
         init_backbone: str | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -98,6 +103,7 @@ class StormPretraining(L.LightningModule):
         self.teacher = copy.deepcopy(self.model.he_encoder).requires_grad_(False)
         self.he_decoder = MaskedDecoder(h, cfg.decoder_dim, cfg.decoder_depth, self.model.he_encoder.out_dim)
         self.st_decoder = MaskedDecoder(h, cfg.decoder_dim, cfg.decoder_depth, 2 * max(len(cfg.gene_vocab), 1))
+        self._micro = 0  # micro-batches since the last optimizer step (gradient accumulation)
 
     # ---------------------------------------------------------------- helpers
     def _tables(self, batch: SpotBatch, train: bool):
@@ -168,6 +174,9 @@ class StormPretraining(L.LightningModule):
 
     # ---------------------------------------------------------------- lightning hooks
     def training_step(self, batch: SpotBatch, batch_idx: int):
+        acc = max(1, int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1)) if self._trainer else 1
+        torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * acc + self._micro)
+        self._micro = (self._micro + 1) % acc
         losses = self.compute_loss(batch, train=True)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=batch.window_index.shape[0])
         return losses["loss"]
@@ -176,7 +185,10 @@ class StormPretraining(L.LightningModule):
         losses = self.compute_loss(batch, train=False)
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=batch.window_index.shape[0])
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def optimizer_step(self, *args, **kwargs):
+        # The EMA teacher follows the student right after each optimizer step, before any callback
+        # (e.g. a checkpoint) sees the module, so a resumed run restores exactly this teacher.
+        super().optimizer_step(*args, **kwargs)
         m = self.hparams.ema_momentum
         with torch.no_grad():
             for pt, ps in zip(self.teacher.parameters(), self.model.he_encoder.parameters(), strict=True):

@@ -193,8 +193,7 @@ def pretrain(
             default=str,
         )
     )
-    module = StormPretraining(model_cfg.to_dict(), **cfg["training"])
-    module.step_seed = tr["seed"]
+    module = StormPretraining(model_cfg.to_dict(), seed=int(tr["seed"]), **cfg["training"])
     if resume and last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=False)
         sampler.start = int(state.get("global_step", 0)) * acc
