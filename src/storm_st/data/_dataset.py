@@ -150,10 +150,7 @@ def prepare_slides(
         rel = coords[np.clip(nb, 0, None)] - coords[:, None, :]
         rel[nb < 0] = 0
         rel = (rel / pitch).astype(np.float32)
-        if view.platform in Platform.CELL_LEVEL:
-            fov = config.fov_um or Platform.CELL_FOV_UM
-        else:
-            fov = config.fov_um or view.spot_diameter_um
+        fov = config.patch_fov_um(view.spot_diameter_um, cell_level=view.platform in Platform.CELL_LEVEL)
         ps = PreparedSlide(
             library_id=view.library_id,
             obs_indices=view.obs_indices,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from storm_st._constants import Platform
 from storm_st._inference import D4, encode_slide
 from storm_st._utils import resolve_device
 from storm_st.data import prepare_slides
@@ -48,7 +49,7 @@ MAX_UPSAMPLING = 4.0
 def _image_too_coarse(view, model: StormModel | None) -> bool:
     if model is None or not view.has_image or not np.isfinite(view.mpp):
         return False
-    fov = model.config.fov_um or view.spot_diameter_um
+    fov = model.config.patch_fov_um(view.spot_diameter_um, cell_level=view.platform in Platform.CELL_LEVEL)
     need = fov / model.config.image_size
     return min(lv.mpp for lv in view.levels) > MAX_UPSAMPLING * need
 
