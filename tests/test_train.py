@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -89,3 +90,26 @@ def test_pretrain_cli_resume_reaches_the_uninterrupted_result(tmp_path):
     assert moved  # the resumed steps trained the step-2 weights further
     for k, v in resumed.state_dict().items():  # ... and reached exactly the uninterrupted run's weights
         torch.testing.assert_close(v, ref[k], rtol=0, atol=0, msg=f"{k} differs from the uninterrupted run")
+
+
+def test_crop_windows_cuts_windows_to_the_crop():
+    from storm_st.train._head import crop_windows
+
+    a = st.datasets.demo()
+    s = prepare_slides(a, tiny_config(gene_vocab=["ERBB2"]), use_he=False, use_gene=True)[0]
+    rows, nb, rp = crop_windows(s.neighbors, s.rel_pos, 40, np.random.default_rng(0))
+    assert len(rows) == 40 == len(set(rows.tolist()))
+    assert nb.shape == (40, s.neighbors.shape[1]) and rp.shape == (40, *s.rel_pos.shape[1:])
+    assert (nb[:, 0] == np.arange(40)).all()  # each spot is the centre of its own window
+    for i, r in enumerate(rows):  # a kept neighbour is the same spot; a dropped one was outside the crop
+        for k, j in enumerate(s.neighbors[r]):
+            if j < 0:
+                assert nb[i, k] == -1
+            elif j in rows:
+                assert rows[nb[i, k]] == j
+            else:
+                assert nb[i, k] == -1
+    # contiguous: every spot of the crop has a window-neighbour in the crop
+    assert ((nb[:, 1:] >= 0).sum(1) > 0).all()
+    all_rows, _, _ = crop_windows(s.neighbors, s.rel_pos, 10_000, np.random.default_rng(0))
+    assert len(all_rows) == s.n

@@ -88,6 +88,46 @@ def fit_head(
     return history
 
 
+def crop_windows(neighbors: np.ndarray, rel_pos: np.ndarray, n_spots: int, rng: np.random.Generator):
+    """A spatially contiguous crop of about ``n_spots`` spots of one slide, with its windows cut to the crop.
+
+    Grows a region breadth-first over the window graph from a random spot; neighbours outside the
+    region become padding (``-1``), as at a tissue edge.
+
+    Returns
+    -------
+    ``(rows, neighbors, rel_pos)``: the crop's rows in the slide and its local window table.
+    """
+    n = len(neighbors)
+    if n <= n_spots:
+        rows = np.arange(n)
+    else:
+        seen = np.zeros(n, dtype=bool)
+        order: list[int] = []
+        frontier = [int(rng.integers(n))]
+        seen[frontier[0]] = True
+        while frontier and len(order) < n_spots:
+            nxt: list[int] = []
+            for i in frontier:
+                order.append(i)
+                for j in neighbors[i]:
+                    if j >= 0 and not seen[j]:
+                        seen[j] = True
+                        nxt.append(int(j))
+            rng.shuffle(nxt)
+            frontier = nxt
+            if not frontier and len(order) < n_spots:  # a disconnected piece: jump to another one
+                rest = np.flatnonzero(~seen)
+                frontier = [int(rng.choice(rest))]
+                seen[frontier[0]] = True
+        rows = np.asarray(order[:n_spots])
+    local = np.full(n, -1, dtype=np.int64)
+    local[rows] = np.arange(len(rows))
+    nb = neighbors[rows]
+    nb = np.where(nb >= 0, local[np.maximum(nb, 0)], -1)
+    return rows, nb, rel_pos[rows]
+
+
 def finetune_with_head(
     model: StormModel,
     slides: list,
@@ -95,10 +135,11 @@ def finetune_with_head(
     masks: list[np.ndarray],
     *,
     epochs: int = 30,
+    crop_spots: int = 64,
     lr: float = 5e-4,
-    backbone_lr: float = 2e-4,
+    backbone_lr: float = 5e-4,
     weight_decay: float = 0.05,
-    layer_decay: float = 0.85,
+    layer_decay: float = 0.9,
     l1: float = 1.0,
     l2: float = 1.0,
     crop_scale: tuple[float, float] = (0.6, 1.0),
@@ -108,9 +149,11 @@ def finetune_with_head(
 ) -> list[float]:
     """Supervised fine-tuning of the whole network (backbone, spatial encoder, head) on H&E -> expression.
 
-    Every step takes one whole slide: all its spot patches go through the backbone once (augmented:
-    random resized crop, flips / 90° rotations, colour jitter), every spot's 5 x 5 window goes
-    through the spatial encoder from H&E alone, and the head's eq. 4 loss is back-propagated.
+    Every step takes a spatially contiguous crop of ``crop_spots`` spots of one slide (see
+    :func:`crop_windows`): their patches go through the backbone once (augmented: random resized
+    crop, flips / 90° rotations, colour jitter), every spot's window, cut to the crop, goes through
+    the spatial encoder from H&E alone, and the head's eq. 4 loss over the crop is back-propagated.
+    One image per supervised spot, as a spot-level CNN, with the neighbourhood context on top.
     The head must already exist (see :func:`fit_head`, whose per-gene-mean initialisation it keeps).
 
     Parameters
@@ -122,7 +165,9 @@ def finetune_with_head(
     targets, masks
         Per slide ``(n, G)`` log-normalised expression and measured-entry masks.
     epochs
-        Passes over the slides.
+        Passes over the spots (each epoch visits every slide ``ceil(n / crop_spots)`` times).
+    crop_spots
+        Spots per step.
     lr, backbone_lr, weight_decay, layer_decay
         AdamW; the backbone gets ``backbone_lr`` with layer-wise decay.
     l1, l2
@@ -151,33 +196,35 @@ def finetune_with_head(
     opt = torch.optim.AdamW(groups, lr=lr)
     for g in opt.param_groups:
         g["base_lr"] = g["lr"]
-    total = epochs * len(slides)
+    per_epoch = [i for i, s in enumerate(slides) for _ in range(int(np.ceil(s.n / crop_spots)))]
+    total = epochs * len(per_epoch)
     history = []
     rng = np.random.default_rng(seed)
     step = 0
     size = model.config.image_size
     for _ in range(epochs):
         tot, n = 0.0, 0
-        for i in rng.permutation(len(slides)):
+        for i in rng.permutation(per_epoch):
             s = slides[i]
             f = cosine_with_warmup(step, max(1, total // 20), total)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * f
-            x = torch.from_numpy(s.patches).permute(0, 3, 1, 2).to(device)
+            rows, nb, rp = crop_windows(s.neighbors, s.rel_pos, crop_spots, rng)
+            x = torch.from_numpy(s.patches[rows]).permute(0, 3, 1, 2).to(device)
             x = augment(x, size, crop_scale=crop_scale, jitter=jitter)
             _, tok = model.encode_he(x)
-            avail = {"he": torch.ones(s.n, dtype=torch.bool, device=device)}
-            emb = model({"he": tok}, avail, torch.from_numpy(s.neighbors).to(device), torch.from_numpy(s.rel_pos).to(device))
+            avail = {"he": torch.ones(len(rows), dtype=torch.bool, device=device)}
+            emb = model({"he": tok}, avail, torch.from_numpy(nb).to(device), torch.from_numpy(rp).to(device))
             pred = model.predict_expression(emb)
-            y = torch.from_numpy(targets[i]).to(device)
-            m = torch.from_numpy(masks[i]).to(device)
+            y = torch.from_numpy(targets[i][rows]).to(device)
+            m = torch.from_numpy(masks[i][rows]).to(device)
             loss = expression_loss(pred, y, m, l1, l2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
-            tot += loss.item() * s.n
-            n += s.n
+            tot += loss.item() * len(rows)
+            n += len(rows)
         history.append(tot / n)
     model.eval()
     return history
