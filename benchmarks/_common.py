@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from storm_st._utils import gene_pcc
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 STATIC = ROOT / "docs" / "_static" / "benchmarks"
@@ -146,20 +148,6 @@ def load_split(train: list[str], test: list[str]):
 # ----------------------------------------------------------------------------------------------------------------------
 # metrics
 # ----------------------------------------------------------------------------------------------------------------------
-def gene_pcc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Gene-wise Pearson r between columns of ``y`` and ``p``; NaN where either column is constant."""
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    yc = y - y.mean(0)
-    pc = p - p.mean(0)
-    num = (yc * pc).sum(0)
-    den = np.sqrt((yc**2).sum(0) * (pc**2).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = num / den
-    r[~(den > 1e-12)] = np.nan
-    return r
-
-
 def expression_scores(y: np.ndarray, p: np.ndarray, measured: np.ndarray) -> dict:
     """Scores of a prediction ``p`` of log1p(CP10k) ``y`` over the genes ``measured`` on the slide."""
     y = y[:, measured]

@@ -83,3 +83,13 @@ def resolve_device(device: str | None = None) -> Any:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def gene_pcc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Column-wise Pearson r of ``(n, G)`` arrays ``y`` and ``p``; ``NaN`` where either column is constant."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    yc, pc = y - y.mean(0), p - p.mean(0)
+    denom = np.sqrt((yc**2).sum(0) * (pc**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 1e-12, (yc * pc).sum(0) / denom, np.nan)

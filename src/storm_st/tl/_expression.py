@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from storm_st._constants import Keys
-from storm_st._utils import get_adata, resolve_device
+from storm_st._utils import gene_pcc, get_adata, resolve_device
 
 from ._common import encode_adata, model_hash, resolve_model
 
@@ -338,10 +338,5 @@ def expression_pcc(
         genes = [g for g, p in zip(genes, al.present, strict=True) if p]
         al = align_genes(ad, genes)
     y = expression_input(ad, al, layer=layer)
-    p = pred[:, [pos[g] for g in genes]].astype(np.float64)
-    y = y.astype(np.float64)
-    yc, pc = y - y.mean(0), p - p.mean(0)
-    denom = np.sqrt((yc**2).sum(0) * (pc**2).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(denom > 0, (yc * pc).sum(0) / denom, np.nan)
+    r = gene_pcc(y, pred[:, [pos[g] for g in genes]])
     return pd.Series(r, index=pd.Index(genes, name="gene"), name="pcc")
