@@ -49,6 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="runs/default")
     ap.add_argument("--n-genes", type=int, default=1000)
+    ap.add_argument("--finetune-epochs", type=int, default=0, help="fit_expression_head(finetune_epochs=...)")
     ap.add_argument("--out", default=str(ROOT / "src/storm_st/models/_weights/default"))
     args = ap.parse_args()
     run = Path(args.run)
@@ -58,7 +59,7 @@ def main() -> None:
     t0 = time.time()
     train = [st.datasets.her2st(s) for s in TRAIN]
     genes = st.pp.select_hvgs(train, args.n_genes)
-    model = st.tl.fit_expression_head(train, model, genes=genes, show_progress=False)
+    model = st.tl.fit_expression_head(train, model, genes=genes, finetune_epochs=args.finetune_epochs, show_progress=False)
     head_s = time.time() - t0
     model.extra["head"]["slides"] = TRAIN
     model.extra["head"]["wall_time_s"] = round(head_s, 1)
@@ -89,7 +90,7 @@ this machine: **{model.extra['machine']}**.
 
 ```bash
 storm-st pretrain --config configs/default.yaml
-python scripts/build_default_model.py --run runs/default
+python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}
 ```
 
 | | |
@@ -98,11 +99,11 @@ python scripts/build_default_model.py --run runs/default
 | expression-only slides | {', '.join(s for s in info.get('slides', []) if s not in TRAIN)} |
 | spots | {info.get('n_spots', 'n/a')} |
 | gene vocabulary | {len(model.config.gene_vocab)} genes (seurat_v3 highly variable genes over all pretraining slides, slides as batches) |
-| H&E backbone | `{model.config.he_backbone}` at {model.config.image_size} px over the spot's {int(model.config.fov_um or 100)} µm, random init |
+| H&E backbone | `{model.config.he_backbone}` at {model.config.image_size} px over {model.config.patch_fov_um(100):.0f} µm around each 100 µm spot ({model.config.patch_fov_um(100) / model.config.image_size:.2f} µm/px), random init |
 | spatial encoder | {model.config.depth} blocks, width {model.config.hidden_dim}, {model.config.num_heads} heads, MoME FFNs, 2-D ALiBi |
 | optimizer steps | {info.get('steps')} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}) |
 | pretraining wall time | {info.get('wall_time_s') or 'see the log'} s on the CPU above, shared with other work |
-| expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), 10 epochs, 8 flips/rotations per spot, {head_s:.0f} s |
+| expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
 | checkpoint | float16 safetensors + config.json with sha256, {size:.1f} MiB |
 
 ![pretraining loss](_static/pretraining_loss.png)
