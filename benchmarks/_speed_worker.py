@@ -3,7 +3,8 @@
     python _speed_worker.py OP N MODEL OUT.json [--base C6] [--batch-size 256]
 
 OP: ``embed`` (tl.embed, modalities auto = he+st), ``impute`` (tl.impute_expression, tta=False),
-``impute_tta`` (its default 8-fold test-time augmentation), ``breakdown`` (timers around patch reading / backbone / gene encoder / spatial encoder / head,
+``impute_tta`` (its default 8-fold test-time augmentation), ``train_step`` (pretraining optimizer steps of
+the model's architecture on the slide: 8 windows per batch as configs/default.yaml, H&E + ST, AdamW), ``breakdown`` (timers around patch reading / backbone / gene encoder / spatial encoder / head,
 one pass, no TTA) plus one batch of the naive path that runs the backbone on all 25 patches of every window.
 Slides larger than the base slide are made by tiling its real image and spot coordinates (labelled as such).
 """
@@ -162,11 +163,41 @@ def breakdown(model, a, batch_size: int, naive_batch: int = 64) -> dict:
     }
 
 
+def train_steps(model, a, windows: int = 8, steps: int = 12, warm: int = 2) -> dict:
+    """Time pretraining steps (forward, backward, AdamW) of ``model``'s architecture on slide ``a``."""
+
+    from storm_st.data import WindowSampler, prepare_slides
+    from storm_st.train import StormPretraining
+
+    cfg = model.config
+    slides = prepare_slides(a, cfg, use_he=True, use_gene=True, cache_patches=cfg.image_size)
+    module = StormPretraining(cfg.to_dict(), max_steps=steps, warmup_steps=1)
+    opt = module.configure_optimizers()["optimizer"]
+    module.train()
+    times, spots = [], []
+    for i, batch in enumerate(WindowSampler(slides, windows=windows, steps=steps, patch_size=cfg.image_size)):
+        t0 = time.perf_counter()
+        loss = module.compute_loss(batch)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warm:
+            times.append(time.perf_counter() - t0)
+            spots.append(int(batch.patches.shape[0]))
+    step_s = float(np.mean(times))
+    return {
+        "windows_per_step": windows, "timed_steps": len(times), "step_s": round(step_s, 3),
+        "unique_spots_per_step": round(float(np.mean(spots)), 1),
+        "backbone_spots_per_s": round(float(np.mean(spots)) / step_s, 1),
+        "windows_per_s": round(windows / step_s, 2),
+    }
+
+
 def main():
     import argparse
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("op", choices=["embed", "impute", "impute_tta", "breakdown"])
+    ap.add_argument("op", choices=["embed", "impute", "impute_tta", "breakdown", "train_step"])
     ap.add_argument("n", type=int)
     ap.add_argument("model")
     ap.add_argument("out")
@@ -203,6 +234,8 @@ def main():
         tta = a.op == "impute_tta"
         st.tl.impute_expression(slide, model, batch_size=a.batch_size, tta=tta, show_progress=False)
         res["tta"] = tta
+    elif a.op == "train_step":
+        res["train_step"] = train_steps(model, slide)
     else:
         res["breakdown"] = breakdown(model, slide, a.batch_size)
     dt = time.perf_counter() - t0

@@ -142,8 +142,10 @@ def section_expression(res, tag):
         f"(`storm_st.pp.select_hvgs`); target log1p(CP10k) (`pp.expression_input`).\n"
         f"- Model: `{m['name']}` (sha256 {str(m.get('sha256'))[:12]}…; backbone {m['he_backbone']} at {m['image_size']} px, "
         f"h = {m['hidden_dim']}, vocabulary {m['vocab']} genes). Heads fitted on the training slides with "
-        f"`tl.fit_expression_head(..., genes=top {res['head_genes']})` (package defaults: 10 epochs, D4 augmentation), "
-        f"predicted with `tl.impute_expression` (8-fold TTA, default); the top-50 rows use the first 50 outputs of that head.\n"
+        f"`tl.fit_expression_head(..., genes=top N, finetune_epochs={res.get('finetune_epochs', 0)})`, one head per gene set "
+        f"(package defaults otherwise: 10 epochs on the frozen encoder, D4 augmentation), predicted with "
+        f"`tl.impute_expression` (8-fold TTA, default). The same call on the randomly initialised model gives the "
+        f"*random-init + expression head* row.\n"
         f"- Ridge rows: {REF['hest']} Features from `tl.embed(modalities='he')` without TTA.\n"
         "- Metric: gene-wise Pearson r over the test spots; genes constant in a test slide give NaN and are excluded "
         "(counted in *const*); genes not measured on a slide are excluded (*unmeas.*). *all (pooled)* pools the spots of "
@@ -265,7 +267,7 @@ def section_speed(res, tag):
     hdr = ["operation", "spots", "tiles", "seconds", "spots / s", "peak RSS (MB)", "status"]
     body = []
     for r in res["rows"]:
-        if r.get("op") == "breakdown":
+        if r.get("op") in ("breakdown", "train_step"):
             continue
         ok = r.get("status") == "ok"
         body.append([r["op"], f"{r['n_spots']:,}", (r.get("tiling") or {}).get("tiles", "–"), _f(r.get("seconds"), 1) if ok else "–",
@@ -290,6 +292,19 @@ def section_speed(res, tag):
             f"({', '.join(f'{k} {v} s' for k, v in nv['batch_s'].items())}); **extrapolated** to {r['n_spots']:,} spots: "
             f"{nv['extrapolated_total_s']} s, i.e. **{nv['ratio_naive_over_ours']}x** the shared-token path measured in the "
             "same process.\n"
+        )
+    for r in res["rows"]:
+        if r.get("op") != "train_step":
+            continue
+        if r.get("status") != "ok":
+            out.append(f"\nTraining step: {r.get('status')}\n")
+            continue
+        t = r["train_step"]
+        out.append(
+            f"\n**Pretraining step** (the model's architecture, H&E + ST, {t['windows_per_step']} windows per step as "
+            f"`configs/default.yaml`, forward + backward + AdamW, mean of {t['timed_steps']} steps after 2 warm-up): "
+            f"{t['step_s']} s per step, {t['unique_spots_per_step']} unique spots through the backbone per step, i.e. "
+            f"**{t['backbone_spots_per_s']} spots/s** and {t['windows_per_s']} windows/s.\n"
         )
     notes = {r.get("head_note") for r in res["rows"] if r.get("head_note")}
     if notes:

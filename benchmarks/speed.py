@@ -54,4 +54,6 @@ def run(args, suite: str) -> dict:
             rows.append(_measure(op, n, args.model, args.speed_base, timeout))
         if n <= BREAKDOWN_MAX:
             rows.append(_measure("breakdown", n, args.model, args.speed_base, timeout))
+        if i == 0:
+            rows.append(_measure("train_step", n, args.model, args.speed_base, timeout))
     return {"base_slide": args.speed_base, "rows": rows}
