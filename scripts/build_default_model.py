@@ -29,6 +29,8 @@ from storm_st.models import from_pretrained, save_pretrained
 from storm_st.train._runner import export_run
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Results of benchmarks/validate.py that motivated configs/default.yaml (kept with the report it generates).
+VALIDATION = (ROOT / "scripts" / "design_experiments.md").read_text()
 TRAIN = ["C2", "C3", "C4"]
 
 
@@ -123,6 +125,8 @@ Design choices of this small CPU model, and why:
   higher than the paper's 1e-4 and λ = 0.7, which fit fine-tuning a pretrained H0-mini, not a random one.
 - **No separate self-supervised backbone pretraining** was run: within the CPU budget the EMA-teacher
   term already gives the backbone a self-supervised signal on every H&E spot of the batch.
+
+{VALIDATION.strip()}
 
 What the checkpoint is worth on held-out sections is measured in [benchmarks](benchmarks.md).
 """
