@@ -142,11 +142,14 @@ def section_expression(res, tag):
         f"(`storm_st.pp.select_hvgs`); target log1p(CP10k) (`pp.expression_input`).\n"
         f"- Model: `{m['name']}` (sha256 {str(m.get('sha256'))[:12]}…; backbone {m['he_backbone']} at {m['image_size']} px, "
         f"h = {m['hidden_dim']}, vocabulary {m['vocab']} genes). Heads fitted on the training slides with "
-        f"`tl.fit_expression_head(..., genes=top N, finetune_epochs={res.get('finetune_epochs', 0)})`, one head per gene set "
-        f"(package defaults otherwise: 10 epochs on the frozen encoder, D4 augmentation), predicted with "
-        f"`tl.impute_expression` (8-fold TTA, default). The same call on the randomly initialised model gives the "
-        f"*random-init + expression head* row.\n"
-        f"- Ridge rows: {REF['hest']} Features from `tl.embed(modalities='he')` without TTA.\n"
+        + (f"`tl.fit_expression_head(..., genes=top N, finetune_epochs={res.get('finetune_epochs', 0)})`, one head per gene set "
+           f"(package defaults otherwise: 10 epochs on the frozen encoder, D4 augmentation), predicted with "
+           f"`tl.impute_expression` (8-fold TTA, default). The same call on the randomly initialised model gives the "
+           f"*random-init + expression head* row.\n"
+           if not isinstance(res.get("head_genes"), int) else
+           f"`tl.fit_expression_head(..., genes=top {res['head_genes']})` (package defaults: 10 epochs, D4 augmentation), "
+           f"predicted with `tl.impute_expression` (8-fold TTA, default); the top-50 rows use the first 50 outputs of that head.\n")
+        + f"- Ridge rows: {REF['hest']} Features from `tl.embed(modalities='he')` without TTA.\n"
         "- Metric: gene-wise Pearson r over the test spots; genes constant in a test slide give NaN and are excluded "
         "(counted in *const*); genes not measured on a slide are excluded (*unmeas.*). *all (pooled)* pools the spots of "
         "the test slides. MSE is the mean squared error in log1p(CP10k) over spots and genes; R² is gene-wise "
@@ -347,6 +350,8 @@ def render(out: Path) -> None:
     parts = [HEADER]
     for tag in tags:
         parts.append(f"\n## Suite: {tag}\n")
+        notes = {r["note"] for r in by_tag[tag].values() if r.get("note")}
+        parts.extend(f"\n{n}\n" for n in sorted(notes))
         for task, fn in (("expression", section_expression), ("domains", section_domains), ("speed", section_speed)):
             if task in by_tag[tag]:
                 parts.append(fn(by_tag[tag][task], tag))

@@ -83,7 +83,7 @@ def train_predict(
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(idx)
+            tot += loss.item() * len(idx)
         losses.append(round(tot / len(X), 5))
         done += 1
         if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
