@@ -53,6 +53,29 @@ def test_sampler_is_stateless_in_step():
     assert [b.centre_rows.tolist() for b in s2] == full[3:]
 
 
+def test_contiguous_sampler_shares_spots_between_windows():
+    a = st.datasets.demo()
+    cfg = tiny_config(gene_vocab=["ERBB2"])
+    slides = prepare_slides(a, cfg, use_he=False, use_gene=True)
+    kw = dict(windows=24, steps=5, patch_size=32, use_he=False, seed=3)
+    rand = list(WindowSampler(slides, **kw))
+    cont = list(WindowSampler(slides, contiguous=True, **kw))
+    for b in cont:
+        c = b.centre_rows.numpy()
+        assert len(c) == 24 == len(set(c.tolist()))
+        # connected: every centre has another centre among its window neighbours
+        nb = slides[0].neighbors[c][:, 1:]
+        assert all(np.isin(nb[i][nb[i] >= 0], c).any() for i in range(len(c)))
+    # the point of it: far fewer unique spots to encode per window
+    n_rand = np.mean([len(b.expr) for b in rand])
+    n_cont = np.mean([len(b.expr) for b in cont])
+    assert n_cont < 0.6 * n_rand
+    # stateless in the step number, like the random layout
+    s2 = WindowSampler(slides, contiguous=True, **kw)
+    s2.start = 2
+    assert [b.centre_rows.tolist() for b in s2] == [b.centre_rows.tolist() for b in cont[2:]]
+
+
 def _write_cfg(tmp_path, out, steps):
     cfg = {
         "output": str(out),

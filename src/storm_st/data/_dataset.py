@@ -250,8 +250,46 @@ def make_batch(
     )
 
 
+def contiguous_rows(neighbors: np.ndarray, n_spots: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows of a spatially contiguous region of about ``n_spots`` spots.
+
+    Grows breadth-first over the window graph (``neighbors``: ``(n, K)`` rows, ``-1`` = none) from a
+    random spot, visiting each ring in random order; jumps to another piece of tissue when one is
+    exhausted. All rows when the slide has at most ``n_spots`` spots.
+    """
+    n = len(neighbors)
+    if n <= n_spots:
+        return np.arange(n)
+    seen = np.zeros(n, dtype=bool)
+    order: list[int] = []
+    frontier = [int(rng.integers(n))]
+    seen[frontier[0]] = True
+    while frontier and len(order) < n_spots:
+        nxt: list[int] = []
+        for i in frontier:
+            order.append(i)
+            for j in neighbors[i]:
+                if j >= 0 and not seen[j]:
+                    seen[j] = True
+                    nxt.append(int(j))
+        rng.shuffle(nxt)
+        frontier = nxt
+        if not frontier and len(order) < n_spots:  # a disconnected piece: jump to another one
+            rest = np.flatnonzero(~seen)
+            frontier = [int(rng.choice(rest))]
+            seen[frontier[0]] = True
+    return np.asarray(order[:n_spots])
+
+
 class WindowSampler(torch.utils.data.IterableDataset):
-    """Random batches of windows: a slide (weighted by size), then ``windows`` centres in it; step ``i`` is a pure function of ``(seed, i)``."""
+    """Random batches of windows: a slide (weighted by size), then ``windows`` centres in it; step ``i`` is a pure function of ``(seed, i)``.
+
+    With ``contiguous=True`` the centres form a spatially contiguous region
+    (:func:`contiguous_rows`) instead of a uniform sample: neighbouring windows share most of their
+    spots, so a batch of ``windows`` windows encodes about ``windows`` + a border of spots instead of
+    up to 25 x ``windows`` (the backbone runs once per unique spot of the batch) -- several times
+    more windows per second of training on a CPU.
+    """
 
     def __init__(
         self,
@@ -264,9 +302,11 @@ class WindowSampler(torch.utils.data.IterableDataset):
         use_gene: bool = True,
         seed: int = 0,
         paired_fraction: float | None = None,
+        contiguous: bool = False,
     ):
         super().__init__()
         self.paired_fraction = paired_fraction
+        self.contiguous = bool(contiguous)
         self.slides, self.windows, self.steps = slides, windows, steps
         self.patch_size, self.use_he, self.use_gene, self.seed = patch_size, use_he, use_gene, seed
         self.start = 0
@@ -297,7 +337,10 @@ class WindowSampler(torch.utils.data.IterableDataset):
             # stateless in the step number, so a resumed run sees exactly the batches it would have seen
             rng = np.random.default_rng([self.seed, step])
             s = self.slides[rng.choice(len(self.slides), p=p)]
-            centres = rng.choice(s.n, size=min(self.windows, s.n), replace=False)
+            if self.contiguous:
+                centres = contiguous_rows(s.neighbors, self.windows, rng)
+            else:
+                centres = rng.choice(s.n, size=min(self.windows, s.n), replace=False)
             yield make_batch(
                 s, centres, image_size=None, use_he=self.use_he, use_gene=self.use_gene, patch_size=self.patch_size
             )

@@ -98,29 +98,10 @@ def crop_windows(neighbors: np.ndarray, rel_pos: np.ndarray, n_spots: int, rng: 
     -------
     ``(rows, neighbors, rel_pos)``: the crop's rows in the slide and its local window table.
     """
+    from storm_st.data import contiguous_rows
+
     n = len(neighbors)
-    if n <= n_spots:
-        rows = np.arange(n)
-    else:
-        seen = np.zeros(n, dtype=bool)
-        order: list[int] = []
-        frontier = [int(rng.integers(n))]
-        seen[frontier[0]] = True
-        while frontier and len(order) < n_spots:
-            nxt: list[int] = []
-            for i in frontier:
-                order.append(i)
-                for j in neighbors[i]:
-                    if j >= 0 and not seen[j]:
-                        seen[j] = True
-                        nxt.append(int(j))
-            rng.shuffle(nxt)
-            frontier = nxt
-            if not frontier and len(order) < n_spots:  # a disconnected piece: jump to another one
-                rest = np.flatnonzero(~seen)
-                frontier = [int(rng.choice(rest))]
-                seen[frontier[0]] = True
-        rows = np.asarray(order[:n_spots])
+    rows = contiguous_rows(neighbors, n_spots, rng)
     local = np.full(n, -1, dtype=np.int64)
     local[rows] = np.arange(len(rows))
     nb = neighbors[rows]

@@ -13,7 +13,8 @@ logger = logging.getLogger(__name__)
 DEFAULTS: dict[str, Any] = {
     "model": {},
     "vocab": {"n_top_genes": 2000, "genes": None},
-    "data": {"slides": [], "windows_per_batch": 32, "cache_patch_size": None, "num_workers": 0, "paired_fraction": 0.75},
+    "data": {"slides": [], "windows_per_batch": 32, "cache_patch_size": None, "num_workers": 0, "paired_fraction": 0.75,
+             "contiguous": False},
     "training": {
         "n_visible": 5,
         "p_he_only": 0.5,
@@ -179,7 +180,7 @@ def pretrain(
     acc = int(tr["accumulate_grad_batches"])
     steps = int(cfg["training"]["max_steps"])
     sampler = WindowSampler(slides, windows=cfg["data"]["windows_per_batch"], steps=steps * acc, patch_size=cache, seed=tr["seed"],
-        paired_fraction=cfg["data"]["paired_fraction"],
+        paired_fraction=cfg["data"]["paired_fraction"], contiguous=cfg["data"]["contiguous"],
     )
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
