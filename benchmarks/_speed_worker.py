@@ -163,8 +163,12 @@ def breakdown(model, a, batch_size: int, naive_batch: int = 64) -> dict:
     }
 
 
-def train_steps(model, a, windows: int = 8, steps: int = 12, warm: int = 2) -> dict:
-    """Time pretraining steps (forward, backward, AdamW) of ``model``'s architecture on slide ``a``."""
+def train_steps(model, a, windows: int = 8, contiguous: bool = False, steps: int = 12, warm: int = 2) -> dict:
+    """Time pretraining steps (forward, backward, AdamW) of ``model``'s architecture on slide ``a``.
+
+    ``contiguous``: the window layout of :class:`storm_st.data.WindowSampler` (random centres, or a
+    contiguous region of centres whose windows share spots).
+    """
 
     from storm_st.data import WindowSampler, prepare_slides
     from storm_st.train import StormPretraining
@@ -175,7 +179,8 @@ def train_steps(model, a, windows: int = 8, steps: int = 12, warm: int = 2) -> d
     opt = module.configure_optimizers()["optimizer"]
     module.train()
     times, spots = [], []
-    for i, batch in enumerate(WindowSampler(slides, windows=windows, steps=steps, patch_size=cfg.image_size)):
+    batches = WindowSampler(slides, windows=windows, steps=steps, patch_size=cfg.image_size, contiguous=contiguous)
+    for i, batch in enumerate(batches):
         t0 = time.perf_counter()
         loss = module.compute_loss(batch)["loss"]
         opt.zero_grad(set_to_none=True)
@@ -186,7 +191,7 @@ def train_steps(model, a, windows: int = 8, steps: int = 12, warm: int = 2) -> d
             spots.append(int(batch.patches.shape[0]))
     step_s = float(np.mean(times))
     return {
-        "windows_per_step": windows, "timed_steps": len(times), "step_s": round(step_s, 3),
+        "windows_per_step": windows, "contiguous": contiguous, "timed_steps": len(times), "step_s": round(step_s, 3),
         "unique_spots_per_step": round(float(np.mean(spots)), 1),
         "backbone_spots_per_s": round(float(np.mean(spots)) / step_s, 1),
         "windows_per_s": round(windows / step_s, 2),
@@ -235,12 +240,14 @@ def main():
         st.tl.impute_expression(slide, model, batch_size=a.batch_size, tta=tta, show_progress=False)
         res["tta"] = tta
     elif a.op == "train_step":
-        res["train_step"] = train_steps(model, slide)
+        # the layout of the previous default (8 random windows) and of contiguous 32-window batches
+        res["train_step"] = [train_steps(model, slide, 8, False), train_steps(model, slide, 32, True)]
     else:
         res["breakdown"] = breakdown(model, slide, a.batch_size)
     dt = time.perf_counter() - t0
     res["seconds"] = round(dt, 2)
-    res["spots_per_s"] = round(a.n / dt, 1)
+    if a.op in ("embed", "impute", "impute_tta"):  # a rate over the slide only means something for these
+        res["spots_per_s"] = round(a.n / dt, 1)
     res["rss_before_op_mb"] = round(rss0 / 1024, 1)
     res["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     Path(a.out).write_text(json.dumps(res, indent=1))

@@ -302,13 +302,15 @@ def section_speed(res, tag):
         if r.get("status") != "ok":
             out.append(f"\nTraining step: {r.get('status')}\n")
             continue
-        t = r["train_step"]
-        out.append(
-            f"\n**Pretraining step** (the model's architecture, H&E + ST, {t['windows_per_step']} windows per step as "
-            f"`configs/default.yaml`, forward + backward + AdamW, mean of {t['timed_steps']} steps after 2 warm-up): "
-            f"{t['step_s']} s per step, {t['unique_spots_per_step']} unique spots through the backbone per step, i.e. "
-            f"**{t['backbone_spots_per_s']} spots/s** and {t['windows_per_s']} windows/s.\n"
-        )
+        layouts = r["train_step"] if isinstance(r["train_step"], list) else [r["train_step"]]
+        for t in layouts:
+            how = "contiguous region of centres" if t.get("contiguous") else "random centres"
+            out.append(
+                f"\n**Pretraining step**, {t['windows_per_step']} windows per step ({how}; the model's architecture, H&E + ST, "
+                f"forward + backward + AdamW, mean of {t['timed_steps']} steps after 2 warm-up): "
+                f"{t['step_s']} s per step, {t['unique_spots_per_step']} unique spots through the backbone per step, i.e. "
+                f"**{t['backbone_spots_per_s']} spots/s** and **{t['windows_per_s']} windows/s**.\n"
+            )
     notes = {r.get("head_note") for r in res["rows"] if r.get("head_note")}
     if notes:
         out.append("\nNote: " + "; ".join(notes) + "\n")
@@ -337,6 +339,29 @@ Re-run: `python benchmarks/run.py --suite quick` (≤ 15 min on 2 CPU cores) or 
 """
 
 
+def section_protocol(res, tag):
+    out = [f"### Protocol sensitivity of the H&E → expression score ({tag})\n", _env(res)]
+    if not res.get("rows"):
+        return "\n".join(out) + f"\nNo results ({res.get('status')}).\n"
+    out.append(
+        f"Same features for every row -- {res['features']} + the HEST ridge probe -- trained on {', '.join(res['train'])}; "
+        f"only the choice of the top-{res['n_genes']} genes (rule, on the training slides) and of the expression scale "
+        "of targets and PCC changes (rules and scales: `benchmarks/protocol.py`). Median (mean) gene-wise Pearson r.\n"
+    )
+    slides = list(dict.fromkeys(r["slide"] for r in res["rows"]))
+    hdr = ["gene rule", "target scale", *[f"{s} median (mean) r" for s in slides]]
+    body = []
+    for rule in dict.fromkeys(r["rule"] for r in res["rows"]):
+        for tgt in dict.fromkeys(r["target"] for r in res["rows"]):
+            by = {r["slide"]: r for r in res["rows"] if r["rule"] == rule and r["target"] == tgt}
+            body.append([rule, tgt, *[f"{_f(by[s]['pcc_median'])} ({_f(by[s]['pcc_mean'])})" if s in by else "–" for s in slides]])
+    out.append(_table(hdr, body) + "\n")
+    out.append("\nGenes shared between the rules' lists: " + ", ".join(f"{k} {v}" for k, v in res.get("overlap", {}).items()) + ".\n")
+    out.append(f"\nReference ({res.get('note_reference')}). Timings (s): "
+               + ", ".join(f"{k} {v}" for k, v in res.get("timings_s", {}).items()) + "\n")
+    return "\n".join(out)
+
+
 def render(out: Path) -> None:
     files = sorted(p for p in RESULTS.glob("*_*.json"))
     by_tag: dict[str, dict[str, dict]] = {}
@@ -352,7 +377,8 @@ def render(out: Path) -> None:
         parts.append(f"\n## Suite: {tag}\n")
         notes = {r["note"] for r in by_tag[tag].values() if r.get("note")}
         parts.extend(f"\n{n}\n" for n in sorted(notes))
-        for task, fn in (("expression", section_expression), ("domains", section_domains), ("speed", section_speed)):
+        for task, fn in (("expression", section_expression), ("domains", section_domains), ("speed", section_speed),
+                         ("protocol", section_protocol)):
             if task in by_tag[tag]:
                 parts.append(fn(by_tag[tag][task], tag))
     out = ROOT / out if not out.is_absolute() else out

@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-TASKS = ("expression", "domains", "speed")
+TASKS = ("expression", "domains", "speed", "protocol")
+DEFAULT_TASKS = ("expression", "domains", "speed")  # protocol: on request (--tasks protocol)
 
 
 def parse(argv=None):
@@ -33,7 +34,7 @@ def parse(argv=None):
     ap.add_argument("--test", nargs="*", default=["C5", "C6"])
     ap.add_argument("--data", default=None, help="shared data folder (sets $STORM_ST_DATA)")
     ap.add_argument("--model", default="default", help="'default', a checkpoint folder, or 'storm-small' (random, harness test)")
-    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
     ap.add_argument("--out", default="docs/benchmarks.md")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gene-sets", type=int, nargs="+", default=None, help="override the suite's HVG set sizes")

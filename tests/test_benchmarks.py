@@ -67,3 +67,29 @@ def test_quick_expression_tiny(tmp_path, shared_data):
         res_file.unlink(missing_ok=True)
         for f in (ROOT / "docs" / "_static" / "benchmarks").glob(f"{tag}_*"):
             f.unlink()
+
+
+def test_protocol_gene_rules_and_targets():
+    import anndata as ad
+    import scipy.sparse as sp
+    from protocol import RULES, select_genes, targets
+
+    rng = np.random.default_rng(0)
+    slides = []
+    for _ in range(2):
+        X = rng.poisson(5.0, size=(60, 30)).astype(np.float32)
+        X[:, 0] = rng.poisson(rng.choice([1.0, 200.0], size=60))  # the most variable gene after log1p(CP10k)
+        X[:, 1] = rng.poisson(50.0, size=60)  # the highest mean
+        X[:, 2] = 0  # never detected: no rule may pick it except seurat_v3 ranks after filtering
+        a = ad.AnnData(sp.csr_matrix(X))
+        a.var_names = [f"G{i}" for i in range(30)]
+        slides.append(a)
+    for rule in RULES:
+        g = select_genes(slides, rule, 5)
+        assert len(g) == 5 == len(set(g)) and "G2" not in g, rule
+    assert select_genes(slides, "variance", 1) == ["G0"]
+    assert select_genes(slides, "mean", 1) == ["G1"]
+    y_cp, y_ct = targets(slides[:1], ["G1", "ABSENT"], "log1p_cp10k")[0], targets(slides[:1], ["G1", "ABSENT"], "log1p_counts")[0]
+    X0 = slides[0].X.toarray()
+    assert np.allclose(y_ct[:, 0], np.log1p(X0[:, 1])) and (y_ct[:, 1] == 0).all()
+    assert np.allclose(y_cp[:, 0], np.log1p(X0[:, 1] / X0.sum(1) * 1e4), rtol=1e-5)
