@@ -57,7 +57,7 @@ def test_contiguous_sampler_shares_spots_between_windows():
     a = st.datasets.demo()
     cfg = tiny_config(gene_vocab=["ERBB2"])
     slides = prepare_slides(a, cfg, use_he=False, use_gene=True)
-    kw = dict(windows=24, steps=5, patch_size=32, use_he=False, seed=3)
+    kw = {"windows": 24, "steps": 5, "patch_size": 32, "use_he": False, "seed": 3}
     rand = list(WindowSampler(slides, **kw))
     cont = list(WindowSampler(slides, contiguous=True, **kw))
     for b in cont:
