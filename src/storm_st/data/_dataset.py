@@ -285,7 +285,7 @@ class WindowSampler(torch.utils.data.IterableDataset):
     """Random batches of windows: a slide (weighted by size), then ``windows`` centres in it; step ``i`` is a pure function of ``(seed, i)``.
 
     With ``contiguous=True`` the centres form a spatially contiguous region
-    (:func:`contiguous_rows`) instead of a uniform sample: neighbouring windows share most of their
+    (``contiguous_rows``) instead of a uniform sample: neighbouring windows share most of their
     spots, so a batch of ``windows`` windows encodes about ``windows`` + a border of spots instead of
     up to 25 x ``windows`` (the backbone runs once per unique spot of the batch) -- several times
     more windows per second of training on a CPU.
