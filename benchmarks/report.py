@@ -256,6 +256,17 @@ def section_domains(res, tag):
     return "\n".join(out)
 
 
+def _ok_rows(res, op, label, out):
+    """Rows of operation ``op`` that succeeded; a failed one adds its status line to ``out``."""
+    for r in res["rows"]:
+        if r.get("op") != op:
+            continue
+        if r.get("status") != "ok":
+            out.append(f"\n{label} at {r['n_spots']:,} spots: {r.get('status')}\n")
+            continue
+        yield r
+
+
 def section_speed(res, tag):
     out = [f"### Speed and memory ({tag})\n", _env(res)]
     if not res.get("rows"):
@@ -278,12 +289,7 @@ def section_speed(res, tag):
         body.append([r["op"], f"{r['n_spots']:,}", (r.get("tiling") or {}).get("tiles", "–"), _f(r.get("seconds"), 1) if ok else "–",
                      _f(r.get("spots_per_s"), 1) if ok else "–", _f(r.get("peak_rss_mb"), 0) if ok else "–", r.get("status")])
     out.append("\n" + _table(hdr, body) + "\n")
-    for r in res["rows"]:
-        if r.get("op") != "breakdown":
-            continue
-        if r.get("status") != "ok":
-            out.append(f"\nCost split at {r['n_spots']:,} spots: {r.get('status')}\n")
-            continue
+    for r in _ok_rows(res, "breakdown", "Cost split", out):
         b = r["breakdown"]
         tot = b["total_s"]
         rows = [[k, _f(v, 2), f"{100 * v / tot:.0f} %"] for k, v in b["seconds"].items()]
@@ -298,12 +304,7 @@ def section_speed(res, tag):
             f"{nv['extrapolated_total_s']} s, i.e. **{nv['ratio_naive_over_ours']}x** the shared-token path measured in the "
             "same process.\n"
         )
-    for r in res["rows"]:
-        if r.get("op") != "train_step":
-            continue
-        if r.get("status") != "ok":
-            out.append(f"\nTraining step: {r.get('status')}\n")
-            continue
+    for r in _ok_rows(res, "train_step", "Training step", out):
         layouts = r["train_step"] if isinstance(r["train_step"], list) else [r["train_step"]]
         for t in layouts:
             how = "contiguous region of centres" if t.get("contiguous") else "random centres"
