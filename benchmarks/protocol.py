@@ -84,13 +84,11 @@ def select_genes(train, rule: str, n: int) -> list[str]:
 
 def targets(adatas, genes: list[str], scale: str) -> list[np.ndarray]:
     """Per slide ``(n_spots, len(genes))`` targets on ``scale`` (genes absent from a slide are 0)."""
-    out = []
-    for a in adatas:
-        df = _counts_frame(a)
-        lib = df.to_numpy().sum(1, keepdims=True)
-        sub = df.reindex(columns=genes, fill_value=0.0).to_numpy()
-        out.append(np.log1p(sub / np.maximum(lib, 1) * 1e4) if scale == "log1p_cp10k" else np.log1p(sub))
-    return out
+    from expression import _slide_targets
+
+    if scale == "log1p_cp10k":  # the package's normalisation, as in the expression task
+        return [y for y, _ in _slide_targets(adatas, genes)]
+    return [np.log1p(_counts_frame(a).reindex(columns=genes, fill_value=0.0).to_numpy()) for a in adatas]
 
 
 def run(args, suite: str) -> dict:
