@@ -344,3 +344,15 @@ def test_plots_accept_spatialdata(shown):
     assert isinstance(pl.enrichment(sdata, show=False), Axes)
     assert len(pl.expression(sdata, "GA", show=False)) == 2
     assert not shown
+
+
+def test_docstrings_have_no_unfilled_fragments():
+    import re
+
+    for name in pl.__all__:
+        if not callable(getattr(pl, name)):
+            continue
+        doc = getattr(pl, name).__doc__ or ""
+        assert not re.search(r"^\s*\{\w+\}\s*$", doc, re.M), name
+        if "show" in doc:
+            assert "return_fig" in doc and "Returns\n-------" in doc, name

@@ -10,6 +10,7 @@ import pandas as pd
 
 from storm_st._constants import Keys
 from storm_st._utils import get_adata
+from storm_st.pl._docs import fill_doc
 from storm_st.pl._utils import category_colors, finish, new_axes
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def _as_long(results: Any) -> dict[str, np.ndarray]:
     return data
 
 
+@fill_doc
 def pcc(
     results: pd.DataFrame | Mapping[str, Sequence[float]],
     *,
@@ -69,16 +71,10 @@ def pcc(
         Panel title.
     show_median
         Write each method's median above its box.
-    ax
-        Axes to draw into; default: a new figure.
-    show
-        Show the figure; default: when no ``ax`` is given and ``return_fig`` is False.
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {ax}
+    {show_return_fig}
 
-    Returns
-    -------
-    The Figure with ``return_fig=True``; the Axes with ``show=False``; else ``None``.
+    {returns}
     """
     if kind not in ("box", "violin"):
         raise ValueError(f"kind must be 'box' or 'violin', got {kind!r}.")
@@ -118,6 +114,7 @@ def pcc(
     return finish(fig, ax_, show=show, return_fig=return_fig, ax_given=ax is not None)
 
 
+@fill_doc
 def domain_metrics(
     df: pd.DataFrame,
     *,
@@ -141,16 +138,10 @@ def domain_metrics(
         Colours per method (list, dict or colormap name).
     title
         Panel title.
-    ax
-        Axes to draw into; default: a new figure.
-    show
-        Show the figure; default: when no ``ax`` is given and ``return_fig`` is False.
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {ax}
+    {show_return_fig}
 
-    Returns
-    -------
-    The Figure with ``return_fig=True``; the Axes with ``show=False``; else ``None``.
+    {returns}
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"df must be a DataFrame (rows = methods, columns = metrics), got {type(df).__name__}.")
@@ -179,6 +170,7 @@ def domain_metrics(
     return finish(fig, ax_, show=show, return_fig=return_fig, ax_given=ax is not None)
 
 
+@fill_doc
 def enrichment(
     adata: Any,
     *,
@@ -212,18 +204,11 @@ def enrichment(
         Drop ``"HALLMARK_"`` from the names.
     cmap
         Colormap of −log10 FDR.
-    table_key
-        Table of a SpatialData object.
-    ax
-        Axes to draw into; default: a new figure.
-    show
-        Show the figure; default: when no ``ax`` is given and ``return_fig`` is False.
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {table_key}
+    {ax}
+    {show_return_fig}
 
-    Returns
-    -------
-    The Figure with ``return_fig=True``; the Axes with ``show=False``; else ``None``.
+    {returns}
     """
     if isinstance(adata, pd.DataFrame):
         table, order = adata, None

@@ -10,6 +10,7 @@ import pandas as pd
 
 from storm_st._constants import Keys
 from storm_st._utils import get_adata
+from storm_st.pl._docs import fill_doc
 from storm_st.pl._utils import as_categories, category_colors, finish
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ def _values(adata: AnnData, color: str, layer: str | None) -> pd.Series:
     raise KeyError(f"color {color!r} is neither an obs column nor a gene of adata{how}.")
 
 
+@fill_doc
 def embedding(
     adata: Any,
     *,
@@ -65,14 +67,10 @@ def embedding(
         Marker size (points²); default ``120000 / n_spots`` clipped to [1, 60].
     legend
         Draw legends / colour bars.
-    table_key
-        Table of a SpatialData object.
+    {table_key}
     ax
         Axes (one per colour); default: a new figure.
-    show
-        Show the figure; default: when no ``ax`` is given and ``return_fig`` is False.
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {show_return_fig}
 
     Returns
     -------

@@ -9,6 +9,7 @@ import numpy as np
 
 from storm_st._constants import Keys
 from storm_st._utils import get_adata
+from storm_st.pl._docs import fill_doc
 from storm_st.pl._utils import as_categories, category_colors, draw_spots, finish, new_axes, slide_view
 
 if TYPE_CHECKING:
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
+@fill_doc
 def domains(
     adata: Any,
     *,
@@ -62,18 +64,11 @@ def domains(
         Draw a legend right of the panel.
     title
         Panel title; default ``key``.
-    table_key
-        Table of a SpatialData object.
-    ax
-        Axes to draw into; default: a new figure.
-    show
-        Show the figure; default: when no ``ax`` is given and ``return_fig`` is False.
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {table_key}
+    {ax}
+    {show_return_fig}
 
-    Returns
-    -------
-    The Figure with ``return_fig=True``; the Axes with ``show=False``; else ``None``.
+    {returns}
     """
     from matplotlib.patches import Patch
 
@@ -149,6 +144,7 @@ def _pcc(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
+@fill_doc
 def expression(
     adata: Any,
     genes: str | Sequence[str],
@@ -199,14 +195,10 @@ def expression(
         Factor on the spot diameter.
     share_scale
         Use one colour scale for both panels of a gene (default: each panel its own 1st–99th percentile).
-    table_key
-        Table of a SpatialData object.
+    {table_key}
     ax
         ``2 * len(genes)`` Axes (measured, virtual for each gene); default: a new figure.
-    show
-        Show the figure; default: when no ``ax`` is given and ``return_fig`` is False.
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {show_return_fig}
 
     Returns
     -------
