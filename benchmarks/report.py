@@ -145,7 +145,10 @@ def section_expression(res, tag):
         + (f"`tl.fit_expression_head(..., genes=top N, finetune_epochs={res.get('finetune_epochs', 0)})`, one head per gene set "
            f"(package defaults otherwise: 10 epochs on the frozen encoder, D4 augmentation), predicted with "
            f"`tl.impute_expression` (8-fold TTA, default). The same call on the randomly initialised model gives the "
-           f"*random-init + expression head* row.\n"
+           f"*random-init + expression head* row. *Spot tokens (no spatial encoder) + expression head*: the same head, "
+           f"loss, epochs, D4 copies and TTA on each spot's own H&E token, bypassing the spatial encoder. *As shipped*: "
+           f"`tl.impute_expression` with the checkpoint's own head, fitted when the checkpoint was built on the same "
+           f"training slides, restricted to the top-N genes.\n"
            if not isinstance(res.get("head_genes"), int) else
            f"`tl.fit_expression_head(..., genes=top {res['head_genes']})` (package defaults: 10 epochs, D4 augmentation), "
            f"predicted with `tl.impute_expression` (8-fold TTA, default); the top-50 rows use the first 50 outputs of that head.\n")

@@ -59,6 +59,7 @@ def test_quick_expression_tiny(tmp_path, shared_data):
         assert res["status"] == "ok"
         methods = {r["method"] for r in res["rows"]}
         assert any(m.startswith("STORM + expression head") for m in methods)
+        assert "STORM spot tokens (no spatial encoder) + expression head" in methods
         assert "training-slide mean (constant)" in methods
         mean_row = next(r for r in res["rows"] if r["method"] == "training-slide mean (constant)")
         assert mean_row["pcc_median"] != mean_row["pcc_median"]  # NaN, reported honestly
@@ -67,6 +68,24 @@ def test_quick_expression_tiny(tmp_path, shared_data):
         res_file.unlink(missing_ok=True)
         for f in (ROOT / "docs" / "_static" / "benchmarks").glob(f"{tag}_*"):
             f.unlink()
+
+
+def test_spot_token_head_bypasses_spatial_encoder():
+    """Ablation (b): the head on each spot's own H&E token must not depend on the spatial encoder."""
+    import torch
+    from _helpers import GENES, synthetic_slide, tiny_model
+    from expression import _spot_token_head
+
+    train, test = synthetic_slide(seed=0, library_id="a"), synthetic_slide(seed=1, library_id="b")
+    model = tiny_model()
+    p1, info = _spot_token_head(model, [train], [test], GENES[:5], seed=0)
+    assert p1[0].shape == (test.n_obs, 5) and (p1[0] >= 0).all() and len(info["loss"]) == 10
+    with torch.no_grad():  # scramble the spatial encoder: the ablation's predictions stay the same
+        for p in model.blocks.parameters():
+            p.add_(torch.randn_like(p))
+    p2, _ = _spot_token_head(model, [train], [test], GENES[:5], seed=0)
+    np.testing.assert_allclose(p1[0], p2[0], rtol=1e-5, atol=1e-6)
+    assert model.head is None or model.config.head_genes != GENES[:5]  # the caller's model is not modified
 
 
 def test_protocol_gene_rules_and_targets():
