@@ -12,7 +12,7 @@ import torch
 from storm_st._constants import Platform
 from storm_st.io._slide import SlideView, slide_views
 from storm_st.pp._genes import align_genes, expression_input
-from storm_st.pp._neighbors import knn_window
+from storm_st.pp._neighbors import knn_window, window_offsets
 from storm_st.pp._patches import extract_patches
 
 if TYPE_CHECKING:
@@ -147,9 +147,7 @@ def prepare_slides(
         coords = view.coords_um if np.isfinite(view.mpp) else view.coords_px
         pitch = _pitch(coords)
         nb = knn_window(coords, k, pitch=pitch)
-        rel = coords[np.clip(nb, 0, None)] - coords[:, None, :]
-        rel[nb < 0] = 0
-        rel = (rel / pitch).astype(np.float32)
+        rel = window_offsets(coords / pitch, nb)  # in lattice pitches
         fov = config.patch_fov_um(view.spot_diameter_um, cell_level=view.platform in Platform.CELL_LEVEL)
         ps = PreparedSlide(
             library_id=view.library_id,

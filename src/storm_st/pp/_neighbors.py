@@ -65,6 +65,13 @@ def knn_window(
     return out
 
 
+def window_offsets(xy: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """``(n, k, 2)`` float32 offsets of each window member from its centre spot (0 for padding ``-1``)."""
+    d = xy[np.clip(windows, 0, None)] - xy[:, None, :]
+    d[windows < 0] = 0
+    return d.astype(np.float32)
+
+
 def neighbor_windows(
     adata: AnnData,
     *,
@@ -121,9 +128,7 @@ def neighbor_windows(
         local = knn_window(xy, kv, radius_factor=radius_factor)
         glob = np.where(local >= 0, view.obs_indices[np.clip(local, 0, None)], -1)
         table[view.obs_indices, :kv] = glob
-        d = xy[np.clip(local, 0, None)] - xy[:, None, :]
-        d[local < 0] = 0
-        offsets[view.obs_indices, :kv] = d
+        offsets[view.obs_indices, :kv] = window_offsets(xy, local)
     # compute first, write last
     if copy:
         adata = adata.copy()
