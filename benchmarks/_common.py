@@ -70,6 +70,10 @@ def versions(extra: tuple[str, ...] = ()) -> dict:
         out["storm_st_git"] = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
         ).stdout.strip()
+        code = ["src", "configs", *(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").rglob("*.py"))]
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=ROOT, timeout=10).returncode
+        if dirty:  # the code that ran is not exactly the commit named
+            out["storm_st_git"] += "+uncommitted"
     except Exception:  # noqa: BLE001
         out["storm_st_git"] = None
     return out
