@@ -15,7 +15,7 @@ from _common import RESULTS, read_slide
 log = logging.getLogger("bench")
 
 DEFAULT_SLIDES = ["dlpfc:151673", "A1"]
-PEERS = ["GraphST", "SpaGCN", "BANKSY", "CellCharter", "STAGATE"]
+PEERS = ["GraphST", "SpaGCN", "BANKSY", "CellCharter", "NOVAE", "STAGATE"]
 PEER_TIMEOUT_S = {"quick": 0, "full": 2400}  # GraphST on DLPFC takes ~30 min on 2 cores
 DROP_LABELS = {"undetermined", "nan", "none", ""}
 

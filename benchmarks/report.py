@@ -248,7 +248,9 @@ def section_domains(res, tag):
         out.append("\nPeer settings: " + "; ".join(sets) + "\n")
     out.append(
         "\nSTAGATE: the original needs TensorFlow 1.x and neither it nor the PyG port (STAGATE_pyG) is on PyPI "
-        "(`pip download STAGATE` / `STAGATE-pyG`: no matching distribution), so it is reported as an import error.\n"
+        "(`pip download STAGATE` / `STAGATE-pyG`: no matching distribution), so it is reported as an import error. "
+        "NOVAE is trained on each slide with its documented defaults: its pretrained weights (novae-human-0) live on "
+        "the Hugging Face hub, which cannot be reached here.\n"
     )
     try:
         p = _fig_domains(res, tag)

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         logging.info("task %s (%s suite)", task, args.suite)
         res = {"task": task, "suite": args.suite, "command": command, "date": now(), "machine": machine(),
-               "versions": versions(("GraphST", "SpaGCN", "pybanksy", "cellcharter") if task == "domains" else ())}
+               "versions": versions(("GraphST", "SpaGCN", "pybanksy", "cellcharter", "novae") if task == "domains" else ())}
         try:
             res.update(mod.run(args, args.suite))
             res["status"] = "ok"

@@ -131,13 +131,36 @@ def cellcharter(adata, k, seed):
     }
 
 
+def novae_peer(adata, k, seed):
+    import novae
+    from scipy.spatial import cKDTree
+
+    adata.var_names_make_unique()
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    pitch = float(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1]))
+    # Delaunay graph (novae's default for generic coordinates) without the long edges across tissue gaps
+    novae.spatial_neighbors(adata, radius=1.6 * pitch, verbose=False)
+    model = novae.Novae(adata)  # trained on this slide: the pretrained weights (Hugging Face) cannot be downloaded here
+    model.fit(adata, accelerator="cpu", num_workers=0)  # documented defaults: <= 20 epochs, early stopping
+    model.compute_representations(adata, accelerator="cpu", num_workers=0)
+    key = model.assign_domains(adata, n_domains=k)
+    return adata.obs[key].astype(str).to_numpy(), np.asarray(adata.obsm["novae_latent"]), {
+        "weights": "none (trained on the slide; pretrained novae-human-0 needs the Hugging Face hub)",
+        "graph": f"Delaunay, edges <= 1.6 x median NN distance ({1.6 * pitch:.1f} px)",
+        "fit": "Novae(adata).fit() defaults (max_epochs 20, early stopping)", "clustering": "assign_domains(n_domains=K)",
+    }
+
+
 def stagate(adata, k, seed):
     import STAGATE  # noqa: F401  (GitHub-only; the TF1 original / pyG port are not on PyPI)
 
     raise RuntimeError("unreachable")
 
 
-METHODS = {"GraphST": graphst, "SpaGCN": spagcn, "BANKSY": banksy, "CellCharter": cellcharter, "STAGATE": stagate}
+METHODS = {
+    "GraphST": graphst, "SpaGCN": spagcn, "BANKSY": banksy, "CellCharter": cellcharter, "NOVAE": novae_peer,
+    "STAGATE": stagate,
+}
 
 
 def main():
@@ -155,7 +178,7 @@ def main():
     labels, emb, info = METHODS[a.name](adata, a.k, a.seed)
     from importlib.metadata import version
 
-    pkg = {"GraphST": "GraphST", "SpaGCN": "SpaGCN", "BANKSY": "pybanksy", "CellCharter": "cellcharter"}[a.name]
+    pkg = {"GraphST": "GraphST", "SpaGCN": "SpaGCN", "BANKSY": "pybanksy", "CellCharter": "cellcharter", "NOVAE": "novae"}[a.name]
     info["version"] = version(pkg)
     arrays = {"labels": np.asarray(labels).astype(str), "info": np.asarray(json.dumps(info))}
     if emb is not None:
