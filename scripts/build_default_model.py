@@ -31,6 +31,7 @@ from storm_st.train._runner import export_run
 ROOT = Path(__file__).resolve().parents[1]
 #: Results of benchmarks/validate.py that motivated configs/default.yaml (kept with the report it generates).
 VALIDATION = (ROOT / "scripts" / "design_experiments.md").read_text()
+NOTES = (ROOT / "scripts" / "pretraining_notes.md").read_text()  # hand-written: held-out standing, what was tried
 CONTIGUOUS_NOTE = """- **Contiguous window batches** and **patches of one pitch** (200 µm on legacy ST): each batch's 32
   window centres form a contiguous region, so the windows share their encoded spots (the backbone runs
   once per unique spot of a batch) and the 25 patches of a window tile it without gaps. This buys ~5x
@@ -134,7 +135,8 @@ Design choices of this small CPU model, and why:
 {VALIDATION.strip()}
 
 What the checkpoint is worth on held-out sections is measured in [benchmarks](benchmarks.md).
-"""
+
+{NOTES}"""
     (ROOT / "docs" / "pretraining.md").write_text(doc)
     (ROOT / "docs" / "_static" / "default_model.json").write_text(json.dumps(model.extra, indent=1, default=str))
 
