@@ -136,3 +136,28 @@ def test_crop_windows_cuts_windows_to_the_crop():
     assert ((nb[:, 1:] >= 0).sum(1) > 0).all()
     all_rows, _, _ = crop_windows(s.neighbors, s.rel_pos, 10_000, np.random.default_rng(0))
     assert len(all_rows) == s.n
+
+
+def test_st_loss_l1l2_ignores_the_predicted_variance():
+    a = st.datasets.demo()
+    genes = st.pp.select_hvgs(a, 20)
+    cfg = tiny_config(gene_vocab=genes)
+    slides = prepare_slides(a, cfg, use_he=False, use_gene=True)
+    batch = next(iter(WindowSampler(slides, windows=6, steps=1, patch_size=32, use_he=False)))
+    with pytest.raises(ValueError, match="st_loss"):
+        StormPretraining(cfg.to_dict(), st_loss="poisson")
+    losses = {}
+    for kind in ("gaussian", "l1l2"):
+        torch.manual_seed(0)
+        m = StormPretraining(cfg.to_dict(), st_loss=kind).eval()
+        torch.manual_seed(1)
+        base = m.compute_loss(batch, train=False)
+        with torch.no_grad():  # shift only the log-variance half of the ST decoder's output
+            m.st_decoder.out.bias[len(genes) :] += 3.0
+        torch.manual_seed(1)
+        shifted = m.compute_loss(batch, train=False)
+        losses[kind] = (float(base["loss_st"]), float(shifted["loss_st"]), float(base["mse_st"]))
+    g0, g1, _ = losses["gaussian"]
+    l0, l1, mse = losses["l1l2"]
+    assert g0 != pytest.approx(g1)  # the NLL depends on the variance ...
+    assert l0 == pytest.approx(l1) and l0 > mse  # ... eq. 4 does not, and adds |y - ŷ| to the squared error

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from storm_st.data import SpotBatch
 from storm_st.models import StormConfig, StormModel
-from storm_st.models._heads import MaskedDecoder, gaussian_nll
+from storm_st.models._heads import MaskedDecoder, expression_loss, gaussian_nll
 
 from ._augment import augment
 
@@ -60,7 +60,11 @@ class StormPretraining(L.LightningModule):
     ema_momentum
         Teacher EMA momentum.
     he_loss_weight, st_loss_weight
-        Weights of the two NLL terms.
+        Weights of the two reconstruction terms.
+    st_loss
+        ST reconstruction loss: ``"gaussian"`` (negative log-likelihood with a predicted per-gene variance,
+        the default) or ``"l1l2"`` (eq. 4's ``|y - ŷ| + (y - ŷ)²``, every gene weighted equally, so
+        noisy, variable genes cannot be down-weighted by a large predicted variance).
     crop_scale, jitter
         H&E augmentation strengths.
     init_backbone
@@ -86,12 +90,15 @@ class StormPretraining(L.LightningModule):
         ema_momentum: float = 0.996,
         he_loss_weight: float = 1.0,
         st_loss_weight: float = 1.0,
+        st_loss: str = "gaussian",
         crop_scale: tuple[float, float] = (0.5, 1.0),
         jitter: float = 0.1,
         init_backbone: str | None = None,
         seed: int = 0,
     ):
         super().__init__()
+        if st_loss not in ("gaussian", "l1l2"):
+            raise ValueError(f"st_loss must be 'gaussian' or 'l1l2', got {st_loss!r}.")
         self.save_hyperparameters()
         cfg = StormConfig.from_dict(config)
         self.model = StormModel(cfg)
@@ -166,7 +173,10 @@ class StormPretraining(L.LightningModule):
                 mean, logvar = pred[..., :V], pred[..., V:]
                 target = batch.expr[idx]
                 weight = q[..., None] & batch.present[idx]
-                out["loss_st"] = gaussian_nll(mean, logvar, target, weight)
+                if self.hparams.get("st_loss", "gaussian") == "l1l2":
+                    out["loss_st"] = expression_loss(mean, target, weight)
+                else:
+                    out["loss_st"] = gaussian_nll(mean, logvar, target, weight)
                 out["mse_st"] = (((mean - target) ** 2) * weight).sum() / weight.sum().clamp_min(1)
                 total = total + self.hparams.st_loss_weight * out["loss_st"]
         out["loss"] = total

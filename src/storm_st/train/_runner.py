@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_steps": 100,
         "max_steps": 2000,
         "ema_momentum": 0.996,
+        "st_loss": "gaussian",
         "crop_scale": [0.5, 1.0],
         "jitter": 0.1,
         "init_backbone": None,
