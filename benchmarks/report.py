@@ -251,6 +251,10 @@ def section_domains(res, tag):
         "(`pip download STAGATE` / `STAGATE-pyG`: no matching distribution), so it is reported as an import error. "
         "NOVAE is trained on each slide with its documented defaults: its pretrained weights (novae-human-0) live on "
         "the Hugging Face hub, which cannot be reached here.\n"
+        "\nReference numbers quoted in the project brief (not re-derived here): DLPFC 151673 — HVG→PCA→KMeans 0.28, "
+        "SpaGCN 0.44, BANKSY 0.48, GraphST 0.62; HER2ST A1 — KMeans 0.17, GraphST 0.43 (ARI). GraphST's tutorial "
+        "clusters with R's mclust, which is not installed here (leiden searched to K instead), and BANKSY's with "
+        "mclust or leiden (KMeans on its PCs here), so those peer rows may sit below their published numbers.\n"
     )
     try:
         p = _fig_domains(res, tag)
