@@ -131,6 +131,23 @@ def _rel(p):
     return os.path.relpath(p, ROOT / "docs")
 
 
+def _gene_set_note(res, tag) -> str:
+    """How the top-N gene sets were chosen, and how much the top-50 differs from the quick suite's."""
+    sets = res.get("gene_sets") or {}
+    if not isinstance(sets, dict) or not sets:
+        return ""
+    nmax = max(int(n) for n in sets)
+    txt = (f"- Gene sets: the top N genes are the first N of `select_hvgs(train, {nmax})`. Scanpy's batch-aware "
+           "seurat_v3 ranking is not nested (`select_hvgs(train, 50)` is not the first 50 of "
+           "`select_hvgs(train, 500)`), so suites with different largest sets score different top-50 lists")
+    quick = RESULTS / "quick_expression.json"
+    if tag != "quick" and "50" in sets and quick.exists():
+        q = (json.loads(quick.read_text()).get("gene_sets") or {}).get("50")
+        if q:
+            txt += f"; this top-50 shares {len(set(q) & set(sets['50']))} genes with the quick suite's"
+    return txt + ". Compare rows within one table.\n"
+
+
 def section_expression(res, tag):
     out = [f"### H&E → expression ({tag})\n", _env(res)]
     if not res.get("rows"):
@@ -158,6 +175,7 @@ def section_expression(res, tag):
         "the test slides. MSE is the mean squared error in log1p(CP10k) over spots and genes; R² is gene-wise "
         "(1 − SSE/SST against each test slide's own mean), median over genes.\n"
     )
+    out.append(_gene_set_note(res, tag))
     for n in sorted({r["genes"] for r in res["rows"]}):
         rows = [r for r in res["rows"] if r["genes"] == n]
         slides = list(dict.fromkeys(r["slide"] for r in rows))
