@@ -131,6 +131,21 @@ def _rel(p):
     return os.path.relpath(p, ROOT / "docs")
 
 
+def _section(title: str):
+    """Section heading + environment lines, and the 'No results' stub when a task produced no rows."""
+
+    def wrap(fn):
+        def render_section(res, tag):
+            out = [f"### {title} ({tag})\n", _env(res)]
+            if not res.get("rows"):
+                return "\n".join(out) + f"\nNo results ({res.get('status')}).\n"
+            return fn(res, tag, out)
+
+        return render_section
+
+    return wrap
+
+
 def _gene_set_note(res, tag) -> str:
     """How the top-N gene sets were chosen, and how much the top-50 differs from the quick suite's."""
     sets = res.get("gene_sets") or {}
@@ -148,10 +163,8 @@ def _gene_set_note(res, tag) -> str:
     return txt + ". Compare rows within one table.\n"
 
 
-def section_expression(res, tag):
-    out = [f"### H&E → expression ({tag})\n", _env(res)]
-    if not res.get("rows"):
-        return "\n".join(out) + f"\nNo results ({res.get('status')}).\n"
+@_section("H&E → expression")
+def section_expression(res, tag, out):
     m = res["model"]
     out.append(
         f"- Train: {', '.join(res['train'])} ({res['n_train_spots']} spots); test: {', '.join(res['test'])} "
@@ -231,10 +244,8 @@ def section_expression(res, tag):
     return "\n".join(out)
 
 
-def section_domains(res, tag):
-    out = [f"### Spatial domains ({tag})\n", _env(res)]
-    if not res.get("rows"):
-        return "\n".join(out) + f"\nNo results ({res.get('status')}).\n"
+@_section("Spatial domains")
+def section_domains(res, tag, out):
     for s, info in res.get("slides", {}).items():
         img = f"image at {info.get('image_um_per_px')} µm/px" if info.get("has_image") else "no image"
         out.append(
@@ -294,10 +305,8 @@ def _ok_rows(res, op, label, out):
         yield r
 
 
-def section_speed(res, tag):
-    out = [f"### Speed and memory ({tag})\n", _env(res)]
-    if not res.get("rows"):
-        return "\n".join(out) + f"\nNo results ({res.get('status')}).\n"
+@_section("Speed and memory")
+def section_speed(res, tag, out):
     out.append(
         f"- Slides of N spots are made by **tiling** the real {res.get('base_slide')} section (its H&E image and spot "
         "coordinates repeated on a grid, read lazily; expression repeated), restricted to the model's vocabulary genes. "
@@ -369,10 +378,8 @@ Re-run: `python benchmarks/run.py --suite quick` (≤ 15 min on 2 CPU cores) or 
 """
 
 
-def section_protocol(res, tag):
-    out = [f"### Protocol sensitivity of the H&E → expression score ({tag})\n", _env(res)]
-    if not res.get("rows"):
-        return "\n".join(out) + f"\nNo results ({res.get('status')}).\n"
+@_section("Protocol sensitivity of the H&E → expression score")
+def section_protocol(res, tag, out):
     out.append(
         f"Same features for every row -- {res['features']} + the HEST ridge probe -- trained on {', '.join(res['train'])}; "
         f"only the choice of the top-{res['n_genes']} genes (rule, on the training slides) and of the expression scale "
