@@ -74,16 +74,22 @@ def test_spot_token_head_bypasses_spatial_encoder():
     """Ablation (b): the head on each spot's own H&E token must not depend on the spatial encoder."""
     import torch
     from _helpers import GENES, synthetic_slide, tiny_model
-    from expression import _spot_token_head
+    from expression import _spot_token_head, _spot_tokens
+
+    from storm_st._inference import D4
 
     train, test = synthetic_slide(seed=0, library_id="a"), synthetic_slide(seed=1, library_id="b")
     model = tiny_model()
-    p1, info = _spot_token_head(model, [train], [test], GENES[:5], seed=0)
+
+    def run():
+        return _spot_token_head(model, [train], _spot_tokens(model, [train], D4), _spot_tokens(model, [test], D4), GENES[:5], 0)
+
+    p1, info = run()
     assert p1[0].shape == (test.n_obs, 5) and (p1[0] >= 0).all() and len(info["loss"]) == 10
     with torch.no_grad():  # scramble the spatial encoder: the ablation's predictions stay the same
         for p in model.blocks.parameters():
             p.add_(torch.randn_like(p))
-    p2, _ = _spot_token_head(model, [train], [test], GENES[:5], seed=0)
+    p2, _ = run()
     np.testing.assert_allclose(p1[0], p2[0], rtol=1e-5, atol=1e-6)
     assert model.head is None or model.config.head_genes != GENES[:5]  # the caller's model is not modified
 
