@@ -164,3 +164,51 @@ def test_default_model_loads_offline():
     m = st.load_model()
     assert m.head is not None and len(m.config.gene_vocab) > 100
     assert m.checkpoint_sha256
+
+
+def test_gene_encoder_reads_an_obsm_embedding(tmp_path):
+    """gene_input='obsm:<key>' (the paper's frozen NOVAE encoder): gene tokens come from the embedding alone."""
+    from storm_st.models import FeatureGeneEncoder, StormConfig
+
+    with pytest.raises(ValueError, match="obsm:<key>"):
+        tiny_config(gene_input="novae")
+    with pytest.raises(ValueError, match="gene_input_dim"):
+        tiny_config(gene_input="obsm:emb")
+    m = tiny_model(gene_input="obsm:emb", gene_input_dim=8)
+    assert isinstance(m.gene_encoder, FeatureGeneEncoder) and m.config.gene_obsm_key == "emb"
+    assert StormConfig.from_dict(m.config.to_dict()) == m.config
+    a = synthetic_slide()
+    rng = np.random.default_rng(0)
+    a.obsm["emb"] = rng.normal(size=(a.n_obs, 8)).astype(np.float32)
+    s = prepare_slides(a, m.config, use_he=False, use_gene=True)[0]
+    assert s.gene_feats.shape == (a.n_obs, 8)
+    b = make_batch(s, np.arange(5), image_size=None, use_he=False, use_gene=True)
+    with torch.no_grad():
+        tok = m.encode_gene(b.expr, b.present, b.gene_feats)
+        assert torch.equal(tok, m.encode_gene(b.expr * 0 + 7, b.present, b.gene_feats))  # expression is not read
+        assert not torch.allclose(tok, m.encode_gene(b.expr, b.present, b.gene_feats.flip(1)))
+    with pytest.raises(ValueError, match="obsm"):
+        m.encode_gene(b.expr, b.present)
+    # the whole API path: embedding, checkpoint round trip
+    before = a.copy()
+    st.tl.embed(a, m, modalities="st", show_progress=False)
+    assert a.obsm["X_storm"].shape == (a.n_obs, m.config.hidden_dim) and np.isfinite(a.obsm["X_storm"]).all()
+    save_pretrained(m, tmp_path / "ck")
+    m2 = st.load_model(tmp_path / "ck")
+    e2 = st.tl.embed(before.copy(), m2, modalities="st", show_progress=False, copy=True).obsm["X_storm"]
+    np.testing.assert_allclose(e2, a.obsm["X_storm"], rtol=1e-5, atol=1e-5)
+    # bad input: clear errors, the AnnData left untouched
+    for bad, err, msg in (
+        (lambda x: x.obsm.pop("emb"), KeyError, "missing"),
+        (lambda x: x.obsm.__setitem__("emb", np.zeros((x.n_obs, 5))), ValueError, "expects"),
+        (lambda x: x.obsm.__setitem__("emb", np.full((x.n_obs, 8), np.nan)), ValueError, "NaN"),
+    ):
+        x = before.copy()
+        bad(x)
+        keys = set(x.obsm)
+        with pytest.raises(err, match=msg):
+            st.tl.embed(x, m, modalities="st", show_progress=False)
+        assert set(x.obsm) == keys
+    with pytest.raises(KeyError, match="novae_embeddings"):
+        st.tl.embed(before.copy(), tiny_model(gene_input="obsm:novae_latent", gene_input_dim=8), modalities="st",
+                    show_progress=False)

@@ -160,3 +160,39 @@ def test_select_hvgs_real_slide_prefers_variable_expressed_genes():
     assert genes == st.pp.select_hvgs(a, 50)  # deterministic
     with pytest.raises(ValueError, match="No slide with genes"):
         st.pp.select_hvgs(a[:, :0].copy(), 10)
+
+
+def test_novae_embeddings_needs_the_optional_package(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "novae", None)  # import novae -> ImportError
+    a = synthetic_slide()
+    with pytest.raises(ImportError, match="pip install novae"):
+        st.pp.novae_embeddings(a, "some/folder")
+    assert "novae_latent" not in a.obsm
+
+
+def test_novae_embeddings_with_a_novae_model(tmp_path):
+    """Runs where novae is installed (benchmarks/.venv-peers); storm_st does not depend on it."""
+    novae = pytest.importorskip("novae")
+    a = st.datasets.demo()
+    before = {k: set(getattr(a, k)) for k in ("obs", "obsm", "obsp", "uns", "layers")}
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    from scipy.spatial import cKDTree
+
+    work = a.copy()  # a NOVAE model trained for one epoch (the pretrained weights need the Hugging Face hub)
+    work.var_names = st.pp.gene_symbols(work)
+    work.var_names_make_unique()
+    pitch = float(np.median(cKDTree(work.obsm["spatial"]).query(work.obsm["spatial"], k=2)[0][:, 1]))
+    novae.spatial_neighbors(work, radius=1.6 * pitch, verbose=False)
+    nv = novae.Novae(work)
+    nv.fit(work, max_epochs=1, accelerator="cpu", num_workers=0)
+    nv.save_pretrained(tmp_path / "novae_model")
+    st.pp.novae_embeddings(a, tmp_path / "novae_model", key_added="nv")  # loaded from the local folder
+    z = a.obsm["nv"]
+    assert z.shape == (a.n_obs, 64) and z.dtype == np.float32 and np.isfinite(z).all()
+    assert z.std(0).mean() > 0
+    after = {k: set(getattr(a, k)) for k in ("obs", "obsm", "obsp", "uns", "layers")}
+    after["obsm"].discard("nv")
+    assert after == before  # only obsm['nv'] was written

@@ -161,3 +161,23 @@ def test_st_loss_l1l2_ignores_the_predicted_variance():
     l0, l1, mse = losses["l1l2"]
     assert g0 != pytest.approx(g1)  # the NLL depends on the variance ...
     assert l0 == pytest.approx(l1) and l0 > mse  # ... eq. 4 does not, and adds |y - ŷ| to the squared error
+
+
+def test_pretrain_with_an_obsm_gene_encoder(tmp_path):
+    """model.gene_input: obsm:<key> pretrains end to end; the embedding width is read from the slides."""
+    from storm_st.cli import main
+    from storm_st.models import FeatureGeneEncoder, from_pretrained
+
+    a = st.datasets.demo()
+    a.obsm["emb"] = np.random.default_rng(0).normal(size=(a.n_obs, 12)).astype(np.float32)
+    a.write_h5ad(tmp_path / "demo.h5ad")
+    cfg = yaml.safe_load(_write_cfg(tmp_path, tmp_path / "run", 2).read_text())
+    cfg["model"].update(gene_input="obsm:emb", gene_input_dim=0)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["pretrain", "--config", str(tmp_path / "cfg.yaml")]) == 0
+    m = from_pretrained(tmp_path / "run" / "model")
+    assert m.config.gene_input_dim == 12 and isinstance(m.gene_encoder, FeatureGeneEncoder)
+    del a.obsm["emb"]
+    a.write_h5ad(tmp_path / "demo.h5ad")
+    with pytest.raises(KeyError, match="novae_model"):
+        main(["pretrain", "--config", str(tmp_path / "cfg.yaml")])

@@ -43,6 +43,9 @@ class Keys:
     LOG1P_LAYER = "storm_log1p"  # layers: library-size-normalised log1p expression
     COUNTS_LAYER = "counts"  # layers: raw counts when X has been normalised
 
+    # --- optional inputs computed by other packages ---
+    NOVAE_LATENT = "novae_latent"  # obsm: NOVAE spot embeddings (pp.novae_embeddings; novae's own key)
+
 
 class Platform:
     """Spot geometry of the supported platforms: spot diameter (µm) and default window size."""

@@ -95,7 +95,8 @@ def encode_slide(
         present = torch.from_numpy(slide.present).to(device)
         for s in range(0, slide.n, batch_size):
             e = torch.from_numpy(slide.expr[s : s + batch_size]).to(device)
-            toks.append(model.encode_gene(e, present).float())
+            f = None if slide.gene_feats is None else torch.from_numpy(slide.gene_feats[s : s + batch_size]).to(device)
+            toks.append(model.encode_gene(e, present, f).float())
             if progress is not None and use_he:
                 progress(min(batch_size, slide.n - s) / 2)
             elif progress is not None:

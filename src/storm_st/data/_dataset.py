@@ -47,6 +47,9 @@ class PreparedSlide:
         Optional cache ``(n, S, S, 3)`` uint8 of spot patches.
     fov_um
         Field of view of the patches in µm.
+    gene_feats
+        ``(n, D)`` float32 per-spot embedding read by a model whose ``gene_input`` names an
+        ``obsm`` key (e.g. NOVAE), or ``None``.
     """
 
     library_id: str
@@ -59,6 +62,7 @@ class PreparedSlide:
     present: np.ndarray | None
     patches: np.ndarray | None
     fov_um: float
+    gene_feats: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -130,7 +134,7 @@ def prepare_slides(
     if adata.n_obs == 0:
         raise ValueError("adata has no spots (n_obs == 0): nothing to embed.")
     views = slide_views(adata, library_key=library_key, require_image=use_he, require_scale=use_he)
-    expr_all = present = None
+    expr_all = present = feats_all = None
     if use_gene:
         if not config.gene_vocab:
             raise ValueError("The model has no gene vocabulary; it cannot encode expression (use modalities='he').")
@@ -139,6 +143,7 @@ def prepare_slides(
         al = align_genes(adata, config.gene_vocab, min_genes=min_gene_overlap)
         expr_all = expression_input(adata, al, layer=layer)
         present = al.present
+        feats_all = gene_features(adata, config) if config.gene_obsm_key else None
     out = []
     for view in views:
         if view.n_spots < 1:
@@ -160,6 +165,7 @@ def prepare_slides(
             present=present,
             patches=None,
             fov_um=float(fov),
+            gene_feats=feats_all[view.obs_indices] if feats_all is not None else None,
         )
         if use_he and cache_patches:
             ps.patches = extract_patches(view, fov_um=ps.fov_um, size=cache_patches)
@@ -167,6 +173,29 @@ def prepare_slides(
     if not out:
         raise ValueError("adata has no spots to embed.")
     return out
+
+
+def gene_features(adata: AnnData, config: StormConfig) -> np.ndarray:
+    """The ``obsm`` embedding a model's gene encoder reads (``config.gene_input = "obsm:<key>"``), checked.
+
+    Raises a clear error when the key is missing, has the wrong width, or holds non-finite values.
+    """
+    key = config.gene_obsm_key
+    if key not in adata.obsm:
+        hint = (
+            "compute it with storm_st.pp.novae_embeddings(adata, model=...) (needs the novae package and its weights)"
+            if "novae" in key
+            else "compute it with the model that produced the pretraining embeddings"
+        )
+        raise KeyError(f"This model's gene encoder reads adata.obsm[{key!r}], which is missing: {hint}.")
+    x = np.asarray(adata.obsm[key], dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != int(config.gene_input_dim):
+        raise ValueError(
+            f"adata.obsm[{key!r}] has shape {x.shape}; this model expects ({adata.n_obs}, {config.gene_input_dim})."
+        )
+    if not np.isfinite(x).all():
+        raise ValueError(f"adata.obsm[{key!r}] holds NaN or infinite values ({int((~np.isfinite(x)).any(1).sum())} spots).")
+    return x
 
 
 @dataclass
@@ -189,6 +218,8 @@ class SpotBatch:
         ``(B, K, 2)`` offsets in lattice pitches.
     centre_rows
         ``(B,)`` rows of the centres in their slide (for writing results back).
+    gene_feats
+        ``(U, D)`` ``obsm`` embeddings for a model whose gene encoder reads one, or ``None``.
     """
 
     patches: torch.Tensor | None
@@ -199,6 +230,7 @@ class SpotBatch:
     window_index: torch.Tensor
     rel_pos: torch.Tensor
     centre_rows: torch.Tensor
+    gene_feats: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> SpotBatch:
         """Move every tensor to ``device``."""
@@ -245,6 +277,7 @@ def make_batch(
         window_index=torch.from_numpy(window_index),
         rel_pos=torch.from_numpy(slide.rel_pos[centres]),
         centre_rows=torch.from_numpy(np.asarray(centres, dtype=np.int64)),
+        gene_feats=torch.from_numpy(slide.gene_feats[uniq]) if ge and slide.gene_feats is not None else None,
     )
 
 

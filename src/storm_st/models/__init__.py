@@ -3,10 +3,11 @@
 from ._config import PRESETS, StormConfig
 from ._io import from_pretrained, load_backbone_weights, load_model, save_pretrained
 from ._layers import alibi_bias, alibi_slopes
-from ._storm import GeneEncoder, HEEncoder, StormModel, WindowTokens
+from ._storm import FeatureGeneEncoder, GeneEncoder, HEEncoder, StormModel, WindowTokens
 
 __all__ = [
     "PRESETS",
+    "FeatureGeneEncoder",
     "GeneEncoder",
     "HEEncoder",
     "StormConfig",

@@ -33,6 +33,14 @@ class StormConfig:
         Gene symbols (upper case) of the gene encoder and of the ST reconstruction target.
     gene_embed_dim
         Width of the learned per-gene embeddings.
+    gene_input
+        What the gene spot encoder reads: ``"expression"`` (the panel-agnostic encoder over
+        ``gene_vocab``) or ``"obsm:<key>"``, a frozen per-spot embedding computed beforehand by
+        another model -- e.g. ``"obsm:novae_latent"`` for NOVAE (64-d, as in the paper; see
+        :func:`storm_st.pp.novae_embeddings`) -- projected to ``hidden_dim`` by an MLP. The ST
+        reconstruction target stays the expression over ``gene_vocab`` either way.
+    gene_input_dim
+        Width of the ``obsm`` embedding when ``gene_input`` names one (0 for ``"expression"``).
     hidden_dim
         Width ``h`` of the spatial encoder.
     depth, num_heads, mlp_ratio, dropout
@@ -58,6 +66,8 @@ class StormConfig:
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     gene_vocab: list[str] = field(default_factory=list)
     gene_embed_dim: int = 128
+    gene_input: str = "expression"
+    gene_input_dim: int = 0
     hidden_dim: int = 256
     depth: int = 4
     num_heads: int = 8
@@ -69,6 +79,24 @@ class StormConfig:
     head_genes: list[str] = field(default_factory=list)
     head_hidden: int = 512
     name: str = "storm"
+
+    def __post_init__(self):
+        key = self.gene_obsm_key
+        if self.gene_input != "expression" and not key:
+            raise ValueError(
+                f"gene_input must be 'expression' or 'obsm:<key>' (e.g. 'obsm:novae_latent'), got {self.gene_input!r}."
+            )
+        if key and int(self.gene_input_dim) < 1:
+            raise ValueError(
+                f"gene_input {self.gene_input!r} needs gene_input_dim, the width of adata.obsm[{key!r}] (64 for NOVAE)."
+            )
+
+    @property
+    def gene_obsm_key(self) -> str | None:
+        """``adata.obsm`` key the gene encoder reads, or ``None`` when it reads expression."""
+        if isinstance(self.gene_input, str) and self.gene_input.startswith("obsm:") and len(self.gene_input) > 5:
+            return self.gene_input[5:]
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dictionary."""

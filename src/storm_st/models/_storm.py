@@ -76,6 +76,32 @@ class GeneEncoder(nn.Module):
         return self.mlp(torch.cat([pooled, torch.log1p(total)], dim=1))
 
 
+class FeatureGeneEncoder(nn.Module):
+    """Gene spot encoder over a frozen per-spot embedding computed by another model (e.g. NOVAE).
+
+    The paper's STORM reads 64-d NOVAE embeddings here; the embedding is an input (``adata.obsm``),
+    so the other model stays frozen and optional. LayerNorm then an MLP to ``h`` dimensions.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(in_dim),
+            nn.Linear(in_dim, out_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(out_dim, out_dim),
+        )
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """Encode ``(N, in_dim)`` embeddings."""
+        if feats.shape[-1] != self.in_dim:
+            raise ValueError(f"The gene encoder expects {self.in_dim}-d embeddings, got {feats.shape[-1]}-d.")
+        return self.mlp(feats.float())
+
+
 @dataclass
 class WindowTokens:
     """Token sequence of a batch of windows, laid out as one segment per modality.
@@ -121,7 +147,10 @@ class StormModel(nn.Module):
         h = config.hidden_dim
         self.he_encoder = HEEncoder(config)
         self.he_proj = nn.Sequential(nn.LayerNorm(self.he_encoder.out_dim), nn.Linear(self.he_encoder.out_dim, h))
-        self.gene_encoder = GeneEncoder(max(len(config.gene_vocab), 1), config.gene_embed_dim, h, config.dropout)
+        if config.gene_obsm_key:
+            self.gene_encoder = FeatureGeneEncoder(int(config.gene_input_dim), h, config.dropout)
+        else:
+            self.gene_encoder = GeneEncoder(max(len(config.gene_vocab), 1), config.gene_embed_dim, h, config.dropout)
         self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(h)) for m in MODALITIES})
         self.blocks = nn.ModuleList(
             [MoMEBlock(h, config.num_heads, config.mlp_ratio, config.dropout, MODALITIES) for _ in range(config.depth)]
@@ -158,8 +187,21 @@ class StormModel(nn.Module):
         feats = self.he_encoder(patches)
         return feats, self.he_proj(feats)
 
-    def encode_gene(self, expr: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """Gene tokens ``(N, h)`` of log-normalised expression over the vocabulary."""
+    def encode_gene(
+        self, expr: torch.Tensor | None, present: torch.Tensor | None, feats: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Gene tokens ``(N, h)``.
+
+        From log-normalised expression over the vocabulary (``expr``, ``present``), or, for a model
+        whose ``config.gene_input`` names an ``obsm`` embedding, from that embedding (``feats``).
+        """
+        if isinstance(self.gene_encoder, FeatureGeneEncoder):
+            if feats is None:
+                raise ValueError(
+                    f"This model's gene encoder reads adata.obsm[{self.config.gene_obsm_key!r}] embeddings, "
+                    "but none were given."
+                )
+            return self.gene_encoder(feats)
         return self.gene_encoder(expr, present)
 
     # ------------------------------------------------------------------ spatial level

@@ -2,6 +2,7 @@
 
 from ._genes import GeneAlignment, align_genes, expression_input, gene_symbols, log_normalize, normalize, select_hvgs
 from ._neighbors import knn_window, neighbor_windows
+from ._novae import novae_embeddings
 from ._patches import extract_patches, spot_patches
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "log_normalize",
     "neighbor_windows",
     "normalize",
+    "novae_embeddings",
     "select_hvgs",
     "spot_patches",
 ]

@@ -132,7 +132,7 @@ class StormPretraining(L.LightningModule):
                 self.teacher.eval()
                 target = F.layer_norm(self.teacher(t_in).float(), (self.model.he_encoder.out_dim,))
         if batch.expr is not None:
-            tables["gene"] = self.model.encode_gene(batch.expr, batch.present)
+            tables["gene"] = self.model.encode_gene(batch.expr, batch.present, batch.gene_feats)
             available["gene"] = batch.has_gene
         return tables, available, target
 

@@ -8,13 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "model": {},
     "vocab": {"n_top_genes": 2000, "genes": None},
     "data": {"slides": [], "windows_per_batch": 32, "cache_patch_size": None, "num_workers": 0, "paired_fraction": 0.75,
-             "contiguous": False},
+             "contiguous": False, "novae_model": None},
     "training": {
         "n_visible": 5,
         "p_he_only": 0.5,
@@ -116,6 +118,27 @@ def read_slide_spec(spec: dict[str, Any] | str, base: str | Path = ".") -> Any:
     raise ValueError(f"Cannot tell how to read {str(path)!r}: give an .h5ad, a .zarr store, or a Space Ranger folder.")
 
 
+def _gene_features_dim(key: str, adatas: list, novae_model: Any) -> int:
+    """Width of ``obsm[key]`` on the expression slides (computed with NOVAE first when ``data.novae_model`` is set)."""
+    if not adatas:
+        raise ValueError(f"model.gene_input reads obsm[{key!r}] but no pretraining slide has expression (use: st or he+st).")
+    dims = set()
+    for a in adatas:
+        if key not in a.obsm and novae_model is not None:
+            from storm_st.pp import novae_embeddings
+
+            novae_embeddings(a, novae_model, key_added=key)
+        if key not in a.obsm:
+            raise KeyError(
+                f"model.gene_input reads obsm[{key!r}], missing on a pretraining slide: give slides that carry it "
+                "(e.g. .h5ad files) or set data.novae_model to a local NOVAE model folder to compute it."
+            )
+        dims.add(int(np.asarray(a.obsm[key]).shape[1]))
+    if len(dims) != 1:
+        raise ValueError(f"obsm[{key!r}] has different widths across the pretraining slides: {sorted(dims)}.")
+    return dims.pop()
+
+
 def pretrain(
     config: str | Path | dict,
     *,
@@ -169,7 +192,12 @@ def pretrain(
     if vocab is None:
         vocab = select_hvgs([a for a, u in zip(adatas, uses, strict=True) if u != "he"], cfg["vocab"]["n_top_genes"])
     vocab_file.write_text(json.dumps(vocab))
-    model_cfg = StormConfig(**{**cfg["model"], "gene_vocab": [str(g).upper() for g in vocab]})
+    model_kw = {**cfg["model"], "gene_vocab": [str(g).upper() for g in vocab]}
+    if str(model_kw.get("gene_input", "expression")).startswith("obsm:"):
+        model_kw["gene_input_dim"] = _gene_features_dim(
+            model_kw["gene_input"][5:], [a for a, u in zip(adatas, uses, strict=True) if "st" in u], cfg["data"]["novae_model"]
+        )
+    model_cfg = StormConfig(**model_kw)
     slides = []
     cache = cfg["data"]["cache_patch_size"] or model_cfg.image_size
     for a, use in zip(adatas, uses, strict=True):
