@@ -104,6 +104,29 @@ def test_expression_input_and_normalize_record():
     assert a.uns["storm_normalization"]["log1p"] is True and "storm_log1p" in a.layers
 
 
+def test_expression_rows_match_the_dense_input_without_copying_counts():
+    a = synthetic_slide()
+    al = align_genes(a, ["MISSING", *GENES[:7]])
+    dense = expression_input(a, al)
+    rows = st.pp.expression_rows(a, al)
+    assert rows.shape == dense.shape and len(rows) == a.n_obs
+    assert rows._X is a.X  # the CSR counts are referenced, not copied
+    np.testing.assert_array_equal(rows[3:11], dense[3:11])
+    pick = np.array([7, 0, 7, 2])
+    np.testing.assert_array_equal(rows[pick], dense[pick])
+    sub = rows.take(np.array([5, 1, 9]))
+    assert len(sub) == 3
+    np.testing.assert_array_equal(sub[[2, 0]], dense[[9, 5]])
+    np.testing.assert_array_equal(sub.take([1])[:], dense[[1]])
+    # dense counts and already-normalised data take the same path
+    b = a.copy()
+    b.X = b.X.toarray()
+    np.testing.assert_allclose(st.pp.expression_rows(b, al).to_array(block=4), dense, rtol=1e-6)
+    st.pp.normalize(b)
+    logged = st.pp.expression_rows(b, al, layer="storm_log1p")[:]
+    np.testing.assert_allclose(logged, dense, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [

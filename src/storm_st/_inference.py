@@ -75,40 +75,50 @@ def encode_slide(
     available: dict[str, torch.Tensor] = {}
     he_feats = gene_toks = None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    n = slide.n
+    # outputs are written into arrays allocated once (no per-batch lists + concatenation): memory is the
+    # outputs themselves plus one batch, whatever the slide size
     if use_he:
-        feats, toks = [], []
-        for s in range(0, slide.n, batch_size):
-            rows = np.arange(s, min(s + batch_size, slide.n))
+        he_table = he_feats = None
+        for s in range(0, n, batch_size):
+            rows = np.arange(s, min(s + batch_size, n))
             p = torch.from_numpy(slide.read_patches(rows, cfg.image_size)).permute(0, 3, 1, 2).to(device)
             p = _d4(p, *d4)
             with autocast:
                 f, t = model.encode_he(p)
-            feats.append(f.float().cpu())
-            toks.append(t.float())
+            if he_table is None:
+                he_table = torch.empty((n, t.shape[1]), dtype=torch.float32, device=device)
+                he_feats = np.empty((n, f.shape[1]), dtype=np.float32)
+            he_table[s : s + len(rows)] = t.float()
+            he_feats[s : s + len(rows)] = f.float().cpu().numpy()
             if progress is not None:
                 progress(len(rows) / (2 if use_gene else 1))
-        tables["he"] = torch.cat(toks)
-        available["he"] = torch.ones(slide.n, dtype=torch.bool, device=device)
-        he_feats = torch.cat(feats).numpy()
+        tables["he"] = he_table
+        available["he"] = torch.ones(n, dtype=torch.bool, device=device)
     if use_gene:
-        toks = []
+        gene_table = None
         present = torch.from_numpy(slide.present).to(device)
-        for s in range(0, slide.n, batch_size):
+        for s in range(0, n, batch_size):
             e = torch.from_numpy(slide.expr[s : s + batch_size]).to(device)
             f = None if slide.gene_feats is None else torch.from_numpy(slide.gene_feats[s : s + batch_size]).to(device)
-            toks.append(model.encode_gene(e, present, f).float())
+            t = model.encode_gene(e, present, f).float()
+            if gene_table is None:
+                gene_table = torch.empty((n, t.shape[1]), dtype=torch.float32, device=device)
+            gene_table[s : s + len(t)] = t
             if progress is not None and use_he:
-                progress(min(batch_size, slide.n - s) / 2)
+                progress(min(batch_size, n - s) / 2)
             elif progress is not None:
-                progress(min(batch_size, slide.n - s))
-        tables["gene"] = torch.cat(toks)
-        available["gene"] = torch.ones(slide.n, dtype=torch.bool, device=device)
-        gene_toks = tables["gene"].cpu().numpy()
-    emb = []
+                progress(min(batch_size, n - s))
+        tables["gene"] = gene_table
+        available["gene"] = torch.ones(n, dtype=torch.bool, device=device)
+        gene_toks = gene_table.cpu().numpy()
+    emb = None
     nb = torch.from_numpy(slide.neighbors)
     rel = torch.from_numpy(slide.rel_pos)
-    for s in range(0, slide.n, batch_size):
+    for s in range(0, n, batch_size):
         with autocast:
             e = model(tables, available, nb[s : s + batch_size].to(device), rel[s : s + batch_size].to(device))
-        emb.append(e.float().cpu())
-    return SlideEncoding(torch.cat(emb).numpy(), he_feats, gene_toks)
+        if emb is None:
+            emb = np.empty((n, e.shape[1]), dtype=np.float32)
+        emb[s : s + len(e)] = e.float().cpu().numpy()
+    return SlideEncoding(emb, he_feats, gene_toks)

@@ -62,14 +62,21 @@ def check_counts(X: Any, *, integer: bool = True, what: str = "adata.X") -> None
     """Raise a clear error for NaN, negative (and, if ``integer``, non-integer) expression values."""
     import scipy.sparse as sp
 
-    vals = X.data if sp.issparse(X) else np.asarray(X)
+    vals = (X.data if sp.issparse(X) else np.asarray(X)).reshape(-1)
     if vals.size == 0:
         return
-    if not np.isfinite(vals).all():
+    non_finite = negative = non_integer = False
+    step = 1 << 22  # checked in blocks: no full-size temporaries on large slides
+    for s in range(0, vals.size, step):
+        v = vals[s : s + step]
+        non_finite = non_finite or not np.isfinite(v).all()
+        negative = negative or bool((v < 0).any())
+        non_integer = non_integer or (integer and not np.allclose(v, np.round(v)))
+    if non_finite:
         raise ValueError(f"{what} contains NaN or infinite values; counts must be finite.")
-    if (vals < 0).any():
+    if negative:
         raise ValueError(f"{what} contains negative values; raw counts (or normalised non-negative values) are needed.")
-    if integer and not np.allclose(vals, np.round(vals)):
+    if non_integer:
         raise ValueError(
             f"{what} contains non-integer values where raw counts are expected. Pass raw counts (e.g. adata.layers"
             "['counts']) or tell the function the data are already normalised."

@@ -11,7 +11,7 @@ import torch
 
 from storm_st._constants import Platform
 from storm_st.io._slide import SlideView, slide_views
-from storm_st.pp._genes import align_genes, expression_input
+from storm_st.pp._genes import ExpressionRows, align_genes, expression_rows
 from storm_st.pp._neighbors import knn_window, window_offsets
 from storm_st.pp._patches import extract_patches
 
@@ -40,7 +40,8 @@ class PreparedSlide:
     view
         The slide view (image access), or ``None``.
     expr
-        ``(n, V)`` log-normalised expression over the model vocabulary, or ``None``.
+        ``(n, V)`` log-normalised expression over the model vocabulary, or ``None``: an
+        :class:`~storm_st.pp.ExpressionRows` (rows computed when indexed) or a dense array.
     present
         ``(V,)`` bool, vocabulary genes measured on the slide, or ``None``.
     patches
@@ -58,7 +59,7 @@ class PreparedSlide:
     rel_pos: np.ndarray
     pitch_um: float
     view: SlideView | None
-    expr: np.ndarray | None
+    expr: ExpressionRows | np.ndarray | None
     present: np.ndarray | None
     patches: np.ndarray | None
     fov_um: float
@@ -141,7 +142,7 @@ def prepare_slides(
         if adata.n_vars == 0:
             raise ValueError("adata has no genes (n_vars == 0); use modalities='he' for H&E-only data.")
         al = align_genes(adata, config.gene_vocab, min_genes=min_gene_overlap)
-        expr_all = expression_input(adata, al, layer=layer)
+        expr_all = expression_rows(adata, al, layer=layer)  # rows computed per batch: flat memory
         present = al.present
         feats_all = gene_features(adata, config) if config.gene_obsm_key else None
     out = []
@@ -161,7 +162,7 @@ def prepare_slides(
             rel_pos=rel,
             pitch_um=pitch,
             view=view if use_he else None,
-            expr=expr_all[view.obs_indices] if expr_all is not None else None,
+            expr=expr_all.take(view.obs_indices) if expr_all is not None else None,
             present=present,
             patches=None,
             fov_um=float(fov),

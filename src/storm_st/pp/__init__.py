@@ -1,14 +1,26 @@
 """Preprocessing: spot patches at physical scale, neighbour windows, gene vocabulary, normalisation."""
 
-from ._genes import GeneAlignment, align_genes, expression_input, gene_symbols, log_normalize, normalize, select_hvgs
+from ._genes import (
+    ExpressionRows,
+    GeneAlignment,
+    align_genes,
+    expression_input,
+    expression_rows,
+    gene_symbols,
+    log_normalize,
+    normalize,
+    select_hvgs,
+)
 from ._neighbors import knn_window, neighbor_windows
 from ._novae import novae_embeddings
 from ._patches import extract_patches, spot_patches
 
 __all__ = [
+    "ExpressionRows",
     "GeneAlignment",
     "align_genes",
     "expression_input",
+    "expression_rows",
     "extract_patches",
     "gene_symbols",
     "knn_window",

@@ -141,6 +141,82 @@ def log_normalize(X, target_sum: float = 1e4):
     return np.log1p(X / tot * target_sum).astype(np.float32)
 
 
+class ExpressionRows:
+    """Log-normalised expression over a model vocabulary, computed for the rows asked for.
+
+    Holds a reference to the slide's count matrix (no copy) and its library sizes; indexing
+    (``rows[10:20]``, ``rows[np.array([...])]``) returns dense ``float32`` rows ``(k, V)`` with 0 for
+    vocabulary genes absent from the slide. This keeps memory flat in the number of spots: only the
+    rows of one batch are ever densified. :func:`expression_input` is the dense, whole-slide form.
+    """
+
+    def __init__(self, X, alignment: GeneAlignment, *, already_log: bool, target_sum: float = 1e4, rows=None):
+        self._X = X
+        self._alignment = alignment
+        self._cols = alignment.columns[alignment.present]
+        self._already_log = already_log
+        self._target_sum = float(target_sum)
+        self._rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self._totals = None
+        if not already_log:
+            tot = np.asarray(X.sum(axis=1), dtype=np.float32).reshape(-1)  # library size over all genes
+            tot[tot == 0] = 1.0
+            self._totals = tot
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_spots, vocabulary size)``."""
+        n = self._X.shape[0] if self._rows is None else len(self._rows)
+        return n, len(self._alignment.columns)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, rows) -> ExpressionRows:
+        """The same expression restricted to ``rows`` (positions in this object), without copying counts."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = object.__new__(ExpressionRows)
+        out.__dict__.update(self.__dict__)
+        out._rows = rows if self._rows is None else self._rows[rows]
+        return out
+
+    def __getitem__(self, idx) -> np.ndarray:
+        pos = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64).reshape(-1)
+        src = pos if self._rows is None else self._rows[pos]
+        sub = self._X[src][:, self._cols]
+        sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
+        sub = sub.astype(np.float32, copy=False)
+        if not self._already_log:
+            sub = np.log1p(sub / self._totals[src, None] * self._target_sum)
+        out = np.zeros((len(src), self.shape[1]), dtype=np.float32)
+        out[:, self._alignment.present] = sub
+        return out
+
+    def to_array(self, block: int = 8192) -> np.ndarray:
+        """All rows as one dense ``(n, V)`` float32 array, built block by block."""
+        out = np.empty(self.shape, dtype=np.float32)
+        for s in range(0, len(self), block):
+            out[s : s + block] = self[s : s + block]
+        return out
+
+
+def expression_rows(
+    adata: AnnData, alignment: GeneAlignment, *, layer: str | None = None, target_sum: float = 1e4, check: bool = True
+) -> ExpressionRows:
+    """:class:`ExpressionRows` of ``adata`` over ``alignment``: the lazy form of :func:`expression_input`."""
+    X = _counts_matrix(adata, layer)
+    already_log = layer is None and Keys.COUNTS_LAYER not in adata.layers and ("log1p" in adata.uns)
+    if layer is not None and layer == adata.uns.get(Keys.NORMALIZATION, {}).get("layer"):
+        already_log = True
+    if check:
+        check_counts(X, integer=not already_log, what=f"adata.layers[{layer!r}]" if layer else "adata.X")
+    if sp.issparse(X):
+        X = X if X.format == "csr" else X.tocsr()  # row access; a CSR matrix is used as is, not copied
+    else:
+        X = np.asarray(X)
+    return ExpressionRows(X, alignment, already_log=already_log, target_sum=target_sum)
+
+
 def expression_input(
     adata: AnnData, alignment: GeneAlignment, *, layer: str | None = None, target_sum: float = 1e4, check: bool = True
 ) -> np.ndarray:
@@ -148,26 +224,10 @@ def expression_input(
 
     ``layer`` (default ``layers['counts']`` if present, else ``X``) must hold raw counts, unless
     ``adata.uns['storm_normalization']`` or ``adata.uns['log1p']`` records that it is already
-    library-size normalised and log-transformed, in which case it is used as is.
+    library-size normalised and log-transformed, in which case it is used as is. Dense ``(n, V)``
+    float32; :func:`expression_rows` gives the same values a batch at a time.
     """
-    X = _counts_matrix(adata, layer)
-    already_log = layer is None and Keys.COUNTS_LAYER not in adata.layers and ("log1p" in adata.uns)
-    if layer is not None and layer == adata.uns.get(Keys.NORMALIZATION, {}).get("layer"):
-        already_log = True
-    if check:
-        check_counts(X, integer=not already_log, what=f"adata.layers[{layer!r}]" if layer else "adata.X")
-    X = X.tocsr() if sp.issparse(X) else np.asarray(X)
-    out = np.zeros((adata.n_obs, len(alignment.columns)), dtype=np.float32)
-    cols = alignment.columns[alignment.present]
-    sub = X[:, cols]  # only the vocabulary genes are densified
-    sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
-    sub = sub.astype(np.float32, copy=False)
-    if not already_log:
-        tot = np.asarray(X.sum(axis=1), dtype=np.float32).reshape(-1, 1)  # library size over all genes
-        tot[tot == 0] = 1.0
-        sub = np.log1p(sub / tot * target_sum)
-    out[:, alignment.present] = sub
-    return out
+    return expression_rows(adata, alignment, layer=layer, target_sum=target_sum, check=check).to_array()
 
 
 def normalize(

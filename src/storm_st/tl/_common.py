@@ -129,12 +129,18 @@ def encode_adata(
                 )
                 acc = enc if acc is None else _add(acc, enc)
             parts = {"embedding": acc.embedding, "he": acc.he_features, "gene": acc.gene_tokens}
+            whole = len(slides) == 1 and np.array_equal(slide.obs_indices, np.arange(adata.n_obs))
             for k, v in parts.items():
                 if v is None:
                     continue
+                if len(transforms) > 1 and k != "gene":
+                    v /= len(transforms)  # in place: the encoding is ours
+                if whole:  # one slide in obs order: the encoder's array is the result (no copy)
+                    out[k] = v
+                    continue
                 if k not in out:
                     out[k] = np.zeros((adata.n_obs, v.shape[1]), dtype=np.float32)
-                out[k][slide.obs_indices] = v / (len(transforms) if k != "gene" else 1)
+                out[k][slide.obs_indices] = v
             out.setdefault("neighbors", np.full((adata.n_obs, slide.neighbors.shape[1]), -1, dtype=np.int64))
             if out["neighbors"].shape[1] < slide.neighbors.shape[1]:
                 pad = np.full((adata.n_obs, slide.neighbors.shape[1] - out["neighbors"].shape[1]), -1, dtype=np.int64)
@@ -145,10 +151,7 @@ def encode_adata(
 
 
 def _add(a, b):
-    from storm_st._inference import SlideEncoding
-
-    return SlideEncoding(
-        a.embedding + b.embedding,
-        None if a.he_features is None else a.he_features + b.he_features,
-        a.gene_tokens,
-    )
+    a.embedding += b.embedding  # accumulated in place: ``a`` is the running sum owned by the caller
+    if a.he_features is not None:
+        a.he_features += b.he_features
+    return a
