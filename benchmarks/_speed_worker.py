@@ -5,7 +5,9 @@
 OP: ``embed`` (tl.embed, modalities auto = he+st), ``impute`` (tl.impute_expression, tta=False),
 ``impute_tta`` (its default 8-fold test-time augmentation), ``train_step`` (pretraining optimizer steps of
 the model's architecture on the slide: 8 windows per batch as configs/default.yaml, H&E + ST, AdamW), ``breakdown`` (timers around patch reading / backbone / gene encoder / spatial encoder / head,
-one pass, no TTA) plus one batch of the naive path that runs the backbone on all 25 patches of every window.
+one pass, no TTA) plus one batch of the naive path that runs the backbone on all 25 patches of every window,
+``embed_domains`` (tl.embed then tl.domains with 5 domains: the job the domain peers do), ``peer_input`` (writes
+the tiled slide with all genes, as the domain peers read it, to OUT with the suffix ``.h5ad``; not timed).
 Slides larger than the base slide are made by tiling its real image and spot coordinates (labelled as such).
 """
 
@@ -202,7 +204,7 @@ def main():
     import argparse
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("op", choices=["embed", "impute", "impute_tta", "breakdown", "train_step"])
+    ap.add_argument("op", choices=["embed", "impute", "impute_tta", "breakdown", "train_step", "embed_domains", "peer_input"])
     ap.add_argument("n", type=int)
     ap.add_argument("model")
     ap.add_argument("out")
@@ -225,6 +227,13 @@ def main():
         head_note = "model had no expression head: a random 500-gene head was attached (cost, not accuracy)"
     model.eval()
     base = read_slide(a.base)
+    if a.op == "peer_input":
+        from domains import write_peer_input
+
+        slide, tinfo = tiled_slide(base, a.n, None)
+        write_peer_input(slide, Path(a.out).with_suffix(".h5ad"))
+        Path(a.out).write_text(json.dumps({"op": a.op, "n_spots": a.n, "tiling": tinfo, "genes": int(slide.n_vars)}))
+        return
     t0 = time.perf_counter()
     slide, tinfo = tiled_slide(base, a.n, list(model.config.gene_vocab))
     t_build = time.perf_counter() - t0
@@ -234,6 +243,10 @@ def main():
     t0 = time.perf_counter()
     if a.op == "embed":
         st.tl.embed(slide, model, batch_size=a.batch_size, show_progress=False)
+        res["modalities"] = slide.uns["storm"]["modalities"]
+    elif a.op == "embed_domains":
+        st.tl.embed(slide, model, batch_size=a.batch_size, show_progress=False)
+        st.tl.domains(slide, n_domains=5)
         res["modalities"] = slide.uns["storm"]["modalities"]
     elif a.op in ("impute", "impute_tta"):
         tta = a.op == "impute_tta"
@@ -246,7 +259,7 @@ def main():
         res["breakdown"] = breakdown(model, slide, a.batch_size)
     dt = time.perf_counter() - t0
     res["seconds"] = round(dt, 2)
-    if a.op in ("embed", "impute", "impute_tta"):  # a rate over the slide only means something for these
+    if a.op in ("embed", "impute", "impute_tta", "embed_domains"):  # a rate over the slide only means something for these
         res["spots_per_s"] = round(a.n / dt, 1)
     res["rss_before_op_mb"] = round(rss0 / 1024, 1)
     res["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -67,30 +67,41 @@ def baseline_pca_kmeans(a, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return lab, X
 
 
-def _run_peer(name: str, a, k: int, work: Path, python: str, timeout: int, seed: int) -> dict:
-    """Run one peer in a subprocess (its own environment); returns labels / embedding or the error."""
+def write_peer_input(a, path: Path) -> None:
+    """The peers' input: raw counts (gene symbols), coordinates and array rows/cols, nothing else."""
+    import anndata as ad
     import scipy.sparse as sp
 
+    import storm_st as st
     from storm_st.pp._genes import _counts_matrix
 
+    X = _counts_matrix(a, None)
+    b = ad.AnnData(sp.csr_matrix(X).astype(np.float32), obs=a.obs[[]].copy(), var=a.var[[]].copy())
+    b.var_names = [str(s) for s in st.pp.gene_symbols(a)]
+    b.var_names_make_unique()
+    b.obsm["spatial"] = np.asarray(a.obsm["spatial"], dtype=np.float64)
+    for c in ("array_row", "array_col"):
+        if c in a.obs:
+            b.obs[c] = a.obs[c].to_numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    b.write_h5ad(path)
+
+
+def peer_command(name: str, inp: Path, k: int, out: Path, python: str, seed: int) -> list[str]:
+    """Command line running peer ``name`` on ``inp`` with ``k`` domains (``peers/run_peer.py``)."""
+    return [python, str(Path(__file__).parent / "peers" / "run_peer.py"), name, str(inp), str(k), str(out), "--seed", str(seed)]
+
+
+def _run_peer(name: str, a, k: int, work: Path, python: str, timeout: int, seed: int) -> dict:
+    """Run one peer in a subprocess (its own environment); returns labels / embedding or the error."""
     work.mkdir(parents=True, exist_ok=True)
     inp = work / "input.h5ad"
     if not inp.exists():
-        import anndata as ad
-
-        X = _counts_matrix(a, None)
-        b = ad.AnnData(sp.csr_matrix(X).astype(np.float32), obs=a.obs[[]].copy(), var=a.var[[]].copy())
-        b.var_names = [str(s) for s in __import__("storm_st").pp.gene_symbols(a)]
-        b.var_names_make_unique()
-        b.obsm["spatial"] = np.asarray(a.obsm["spatial"], dtype=np.float64)
-        for c in ("array_row", "array_col"):
-            if c in a.obs:
-                b.obs[c] = a.obs[c].to_numpy()
-        b.write_h5ad(inp)
+        write_peer_input(a, inp)
     out = work / f"{name}.npz"
     if out.exists():
         out.unlink()
-    cmd = [python, str(Path(__file__).parent / "peers" / "run_peer.py"), name, str(inp), str(k), str(out), "--seed", str(seed)]
+    cmd = peer_command(name, inp, k, out, python, seed)
     t = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

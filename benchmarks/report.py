@@ -305,6 +305,55 @@ def _ok_rows(res, op, label, out):
         yield r
 
 
+def _scaling_notes(res) -> list[str]:
+    """How time and peak memory grow from the smallest to the largest slide of each operation (measured rows)."""
+    out = []
+    for op in ("embed", "impute"):
+        rr = sorted((r for r in res["rows"] if r.get("op") == op and r.get("status") == "ok"), key=lambda r: r["n_spots"])
+        if len(rr) < 2:
+            continue
+        a, b = rr[0], rr[-1]
+        size = b["n_spots"] / a["n_spots"]
+        out.append(
+            f"\n**Scaling of `{op}`** from {a['n_spots']:,} to {b['n_spots']:,} spots ({size:.0f}x): time x"
+            f"{b['seconds'] / a['seconds']:.1f} ({a['spots_per_s']} → {b['spots_per_s']} spots/s), peak RSS "
+            f"{a['peak_rss_mb']:.0f} → {b['peak_rss_mb']:.0f} MB (x{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}).\n"
+        )
+    br = [r for r in res["rows"] if r.get("op") == "breakdown" and r.get("status") == "ok"]
+    if br:
+        sec = br[-1]["breakdown"]["seconds"]
+        top = max(sec, key=sec.get)
+        if top != "H&E backbone":
+            out.append(f"\nThe largest cost is the **{top}** ({100 * sec[top] / sum(sec.values()):.0f} % at "
+                       f"{br[-1]['n_spots']:,} spots).\n")
+            return out
+        out.append(
+            f"\nThe largest cost is the **{top}** ({100 * sec[top] / sum(sec.values()):.0f} % at "
+            f"{br[-1]['n_spots']:,} spots). What was done about it: the backbone runs once per spot, not once per window "
+            "member (the naive-path ratio above); the default backbone is a 4.9 M-parameter CNN (resnet10t, 112 px) "
+            "chosen to run on CPUs; patches are read lazily per batch from the best pyramid level, so memory does not "
+            "grow with the slide; on a GPU, inference runs under bf16 autocast. Test-time augmentation multiplies "
+            "the backbone cost by 8 (`impute_tta`) and can be switched off (`tta=False`).\n"
+        )
+    return out
+
+
+@_section("Speed of the domain peers")
+def section_speed_peers(res, tag, out):
+    out.append(
+        f"- Same tiled slides as the speed task (the real {res.get('base_slide')} section repeated on a grid), "
+        f"each method in a fresh process under the same peak-RSS wrapper. STORM: `tl.embed` (he+st) + `tl.domains("
+        f"n_domains={res.get('k')})`; each peer: its whole documented workflow to {res.get('k')} domains "
+        "(`benchmarks/peers/run_peer.py`, settings as in the domain task; NOVAE is trained on the slide). Times include "
+        "each process's start-up and reading its input. GraphST is not timed here: 1502 s on 3.6k spots in the "
+        "domain task.\n"
+    )
+    body = [[r.get("method"), f"{r['n_spots']:,}", _f(r.get("seconds"), 1), _f(r.get("spots_per_s"), 1),
+             _f(r.get("peak_rss_mb"), 0), r.get("status")] for r in res.get("rows", [])]
+    out.append("\n" + _table(["method", "spots", "seconds", "spots / s", "peak RSS (MB)", "status"], body) + "\n")
+    return "\n".join(out)
+
+
 @_section("Speed and memory")
 def section_speed(res, tag, out):
     out.append(
@@ -350,6 +399,7 @@ def section_speed(res, tag, out):
                 f"{t['step_s']} s per step, {t['unique_spots_per_step']} unique spots through the backbone per step, i.e. "
                 f"**{t['backbone_spots_per_s']} spots/s** and **{t['windows_per_s']} windows/s**.\n"
             )
+    out.extend(_scaling_notes(res))
     notes = {r.get("head_note") for r in res["rows"] if r.get("head_note")}
     if notes:
         out.append("\nNote: " + "; ".join(notes) + "\n")
@@ -410,8 +460,12 @@ def section_protocol(res, tag, out):
 def render(out: Path) -> None:
     files = sorted(p for p in RESULTS.glob("*_*.json"))
     by_tag: dict[str, dict[str, dict]] = {}
+    known = ("speed_peers", "expression", "domains", "speed", "protocol")  # longest suffix first
     for p in files:
-        tag, task = p.stem.rsplit("_", 1)
+        task = next((t for t in known if p.stem.endswith("_" + t)), None)
+        if task is None:
+            continue
+        tag = p.stem[: -len(task) - 1]
         try:
             by_tag.setdefault(tag, {})[task] = json.loads(p.read_text())
         except json.JSONDecodeError:
@@ -423,7 +477,7 @@ def render(out: Path) -> None:
         notes = {r["note"] for r in by_tag[tag].values() if r.get("note")}
         parts.extend(f"\n{n}\n" for n in sorted(notes))
         for task, fn in (("expression", section_expression), ("domains", section_domains), ("speed", section_speed),
-                         ("protocol", section_protocol)):
+                         ("speed_peers", section_speed_peers), ("protocol", section_protocol)):
             if task in by_tag[tag]:
                 parts.append(fn(by_tag[tag][task], tag))
     out = ROOT / out if not out.is_absolute() else out

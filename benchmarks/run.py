@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-TASKS = ("expression", "domains", "speed", "protocol")
-DEFAULT_TASKS = ("expression", "domains", "speed")  # protocol: on request (--tasks protocol)
+TASKS = ("expression", "domains", "speed", "speed_peers", "protocol")
+DEFAULT_TASKS = ("expression", "domains", "speed")  # protocol, speed_peers: on request (--tasks ...)
 
 
 def parse(argv=None):
@@ -42,7 +42,7 @@ def parse(argv=None):
     ap.add_argument("--finetune-epochs", type=int, default=0, help="STORM heads: fit_expression_head(finetune_epochs=...)")
     ap.add_argument("--stnet-budget", type=float, default=None, help="ST-Net: total training seconds over the gene sets")
     ap.add_argument("--domain-slides", nargs="+", default=None)
-    ap.add_argument("--peers", nargs="*", default=None, help="domain peers to run in the full suite (default all)")
+    ap.add_argument("--peers", nargs="*", default=None, help="domain peers to run in the full suite (default all; speed_peers: BANKSY CellCharter SpaGCN NOVAE)")
     ap.add_argument("--peer-python", default=None, help="python of the peers' environment (benchmarks/requirements.txt)")
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="speed: slide sizes (spots)")
     ap.add_argument("--speed-base", default="C6", help="speed: slide tiled to the requested sizes")
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         logging.info("task %s (%s suite)", task, args.suite)
         res = {"task": task, "suite": args.suite, "command": command, "date": now(), "machine": machine(),
-               "versions": versions(("GraphST", "SpaGCN", "pybanksy", "cellcharter", "novae") if task == "domains" else ())}
+               "versions": versions(("GraphST", "SpaGCN", "pybanksy", "cellcharter", "novae") if task in ("domains", "speed_peers") else ())}
         try:
             res.update(mod.run(args, args.suite))
             res["status"] = "ok"

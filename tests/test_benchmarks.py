@@ -118,3 +118,41 @@ def test_protocol_gene_rules_and_targets():
     X0 = slides[0].X.toarray()
     assert np.allclose(y_ct[:, 0], np.log1p(X0[:, 1])) and (y_ct[:, 1] == 0).all()
     assert np.allclose(y_cp[:, 0], np.log1p(X0[:, 1] / X0.sum(1) * 1e4), rtol=1e-5)
+
+
+def test_report_renders_speed_scaling_and_peer_speed(tmp_path, monkeypatch):
+    """Results files named <tag>_speed_peers.json are routed to their own section; scaling is derived from rows."""
+    import report
+
+    tag = "pytest_report"
+    env = {"command": "python benchmarks/run.py", "date": "d0", "date_end": "d1", "wall_s": 1.0, "status": "ok",
+           "machine": {}, "versions": {}}
+    row = {"status": "ok", "tiling": {"tiles": 1}}
+    speed = {**env, "task": "speed", "base_slide": "C6", "rows": [
+        {**row, "op": "embed", "n_spots": 1000, "seconds": 10.0, "spots_per_s": 100.0, "peak_rss_mb": 2000.0},
+        {**row, "op": "embed", "n_spots": 100000, "seconds": 1100.0, "spots_per_s": 90.9, "peak_rss_mb": 2100.0},
+        {**row, "op": "breakdown", "n_spots": 1000, "breakdown": {
+            "seconds": {"patch reading": 1.0, "H&E backbone": 6.0, "spatial encoder": 3.0}, "total_s": 10.0,
+            "naive": {"mean_valid_per_window": 20, "batch_windows": 64, "patches_in_batch": 1280,
+                      "batch_s": {"H&E backbone": 9.0}, "extrapolated_total_s": 150.0, "ratio_naive_over_ours": 15.0}}},
+    ]}
+    peers = {**env, "task": "speed_peers", "base_slide": "C6", "k": 5, "rows": [
+        {"method": "STORM (tl.embed + tl.domains)", "n_spots": 1000, "status": "ok", "seconds": 12.0,
+         "spots_per_s": 83.3, "peak_rss_mb": 2100.0},
+        {"method": "NOVAE", "n_spots": 10000, "status": "timeout after 900 s"},
+    ]}
+    res_dir = tmp_path / "results"
+    res_dir.mkdir()
+    (res_dir / f"{tag}_speed.json").write_text(json.dumps(speed))
+    (res_dir / f"{tag}_speed_peers.json").write_text(json.dumps(peers))
+    monkeypatch.setattr(report, "RESULTS", res_dir)
+    try:
+        report.render(tmp_path / "bench.md")
+        md = (tmp_path / "bench.md").read_text()
+    finally:
+        for f in (ROOT / "docs" / "_static" / "benchmarks").glob(f"{tag}_*"):
+            f.unlink()
+    assert f"## Suite: {tag}\n" in md and "## Suite: pytest_report_speed" not in md
+    assert f"### Speed of the domain peers ({tag})" in md and "timeout after 900 s" in md
+    assert "from 1,000 to 100,000 spots (100x): time x110.0" in md and "2000 → 2100 MB (x1.05)" in md
+    assert "The largest cost is the **H&E backbone** (60 %" in md
