@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -180,4 +182,38 @@ def test_pretrain_with_an_obsm_gene_encoder(tmp_path):
     del a.obsm["emb"]
     a.write_h5ad(tmp_path / "demo.h5ad")
     with pytest.raises(KeyError, match="novae_model"):
+        main(["pretrain", "--config", str(tmp_path / "cfg.yaml")])
+
+
+def test_pretrain_with_an_he_only_wsi_slide(tmp_path):
+    """A ``reader: wsi`` slide (an H&E image tiled into virtual spots) feeds H&E-only windows; bad specs are refused."""
+    from PIL import Image
+
+    from storm_st.cli import main
+    from storm_st.models import from_pretrained
+    from storm_st.train._runner import read_slide_spec
+
+    a = st.datasets.demo()
+    a.write_h5ad(tmp_path / "demo.h5ad")
+    lib = next(iter(a.uns["spatial"]))
+    name, img = next(iter(a.uns["spatial"][lib]["images"].items()))
+    Image.fromarray(np.asarray(img)).save(tmp_path / "he.png")
+    scale = a.uns["spatial"][lib]["scalefactors"]
+    mpp = float(scale["microns_per_pixel"]) / float(scale.get(f"tissue_{name}_scalef", 1.0))
+    wsi = {"reader": "wsi", "path": "he.png", "mpp": mpp, "spot_diameter_um": 100.0, "pitch_um": 500.0,
+           "lattice": "square", "tissue_only": False, "use": "he"}
+    tiles = read_slide_spec(wsi, tmp_path)
+    assert tiles.n_vars == 0 and tiles.n_obs > 10
+    cfg = yaml.safe_load(_write_cfg(tmp_path, tmp_path / "run", 2).read_text())
+    cfg["data"]["slides"].append(wsi)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["pretrain", "--config", str(tmp_path / "cfg.yaml")]) == 0
+    resolved = json.loads((tmp_path / "run" / "config_resolved.json").read_text())
+    assert len(resolved["slides"]) == 2 and resolved["n_spots"] == a.n_obs + tiles.n_obs
+    assert from_pretrained(tmp_path / "run" / "model").extra["pretraining"]["steps"] == 2
+    with pytest.raises(ValueError, match="needs mpp"):
+        read_slide_spec({k: v for k, v in wsi.items() if k != "mpp"}, tmp_path)
+    cfg["data"]["slides"][-1] = {**wsi, "use": "he+st"}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="no expression"):
         main(["pretrain", "--config", str(tmp_path / "cfg.yaml")])

@@ -77,8 +77,11 @@ def load_config(path: str | Path | dict) -> dict[str, Any]:
 def read_slide_spec(spec: dict[str, Any] | str, base: str | Path = ".") -> Any:
     """Read one slide of a config.
 
-    ``{reader: her2st, root: ..., section: C2}``, ``{reader: dlpfc, path: ...}``, or ``{path: slide.h5ad | store.zarr | spaceranger_dir}``. Paths starting with ``@data/`` are read from
-    the shared data folder (``$STORM_ST_DATA`` or ``../shared/data``); others are relative to the config.
+    ``{reader: her2st, root: ..., section: C2}``, ``{reader: dlpfc, path: ...}``, ``{reader: wsi, path: he.tif,
+    mpp: 0.5, pitch_um: 100, ...}`` (an H&E-only image tiled into virtual spots over its tissue, the arguments
+    of :func:`storm_st.io.read_wsi`; give it ``use: he``), or ``{path: slide.h5ad | store.zarr | spaceranger_dir}``.
+    Paths starting with ``@data/`` are read from the shared data folder (``$STORM_ST_DATA`` or ``../shared/data``);
+    others are relative to the config.
     """
     import anndata as ad
 
@@ -106,8 +109,12 @@ def read_slide_spec(spec: dict[str, Any] | str, base: str | Path = ".") -> Any:
         return io.read_dlpfc(_p("path"), **spec)
     if reader == "visium":
         return io.read_visium(_p("path"), **spec)
+    if reader == "wsi":
+        if "mpp" not in spec:
+            raise ValueError("A 'wsi' slide spec needs mpp (µm per full-resolution pixel of the image), e.g. mpp: 0.5.")
+        return io.read_wsi(_p("path"), **spec)
     if reader is not None:
-        raise ValueError(f"Unknown reader {reader!r} in slide spec; use her2st, dlpfc, visium or a plain path.")
+        raise ValueError(f"Unknown reader {reader!r} in slide spec; use her2st, dlpfc, visium, wsi or a plain path.")
     path = _p("path")
     if path.suffix == ".h5ad":
         return ad.read_h5ad(path)
@@ -183,7 +190,10 @@ def pretrain(
         use = (spec.get("use", "he+st") if isinstance(spec, dict) else "he+st")
         if use not in ("he+st", "he", "st"):
             raise ValueError(f"slide 'use' must be he+st, he or st, got {use!r}.")
-        adatas.append(read_slide_spec(spec, cfg["_base"]))
+        a = read_slide_spec(spec, cfg["_base"])
+        if "st" in use and a.n_vars == 0:
+            raise ValueError(f"Slide {spec!r} has no expression (n_vars == 0): give it use: he.")
+        adatas.append(a)
         uses.append(use)
     vocab = cfg["vocab"]["genes"]
     vocab_file = out / "vocabulary.json"
