@@ -240,11 +240,15 @@ def impute_expression(
     )
     import torch
 
+    # predictions written block by block into one array of the genes asked for (no full-size temporaries)
+    pred = np.empty((len(out["embedding"]), len(cols)), dtype=np.float32)
     with torch.no_grad():
         dev = next(model.parameters()).device
-        emb = torch.from_numpy(out["embedding"]).to(dev)
-        pred = torch.cat([model.predict_expression(emb[s : s + 4096]).float().cpu() for s in range(0, len(emb), 4096)])
-    pred = pred.numpy()[:, cols].clip(min=0)
+        emb = torch.from_numpy(out["embedding"])
+        idx = torch.as_tensor(cols, device=dev)
+        for s in range(0, len(emb), 4096):
+            block = model.predict_expression(emb[s : s + 4096].to(dev)).float()
+            pred[s : s + 4096] = block.index_select(1, idx).clamp_min(0).cpu().numpy()
     provenance = {
         "model": getattr(model, "name", model.config.name),
         "model_sha256": model_hash(model) or "",
@@ -259,14 +263,15 @@ def impute_expression(
         sym = list(gene_symbols(ad))
         pos = {g: i for i, g in enumerate(wanted)}
         if all(g in pos for g in sym):
-            layer = pred[:, [pos[g] for g in sym]].astype(np.float32)
+            order = [pos[g] for g in sym]
+            layer = pred if order == list(range(len(wanted))) else pred[:, order]
             if copy:
                 ad = ad.copy()
             ad.layers[key_added] = layer
             ad.uns[key_added] = provenance
             return ad if copy else None
     virtual = ad_mod.AnnData(
-        X=pred.astype(np.float32),
+        X=pred,
         obs=ad.obs.copy(),
         var=pd.DataFrame(index=pd.Index(wanted, name="gene")),
     )
