@@ -200,6 +200,12 @@ def train_steps(model, a, windows: int = 8, contiguous: bool = False, steps: int
     }
 
 
+def _nbytes(x) -> int:
+    if hasattr(x, "data") and hasattr(x, "indices"):  # sparse
+        return int(x.data.nbytes + x.indices.nbytes + x.indptr.nbytes)
+    return int(getattr(x, "nbytes", 0))
+
+
 def main():
     import argparse
 
@@ -240,6 +246,8 @@ def main():
     res = {"op": a.op, "n_spots": a.n, "tiling": tinfo, "build_s": round(t_build, 2), "torch_threads": torch.get_num_threads(),
            "batch_size": a.batch_size, "head_note": head_note, "genes_in_slide": int(slide.n_vars)}
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    keys0 = (set(slide.obsm), set(slide.layers))
+    ret = None
     t0 = time.perf_counter()
     if a.op == "embed":
         st.tl.embed(slide, model, batch_size=a.batch_size, show_progress=False)
@@ -250,7 +258,7 @@ def main():
         res["modalities"] = slide.uns["storm"]["modalities"]
     elif a.op in ("impute", "impute_tta"):
         tta = a.op == "impute_tta"
-        st.tl.impute_expression(slide, model, batch_size=a.batch_size, tta=tta, show_progress=False)
+        ret = st.tl.impute_expression(slide, model, batch_size=a.batch_size, tta=tta, show_progress=False)
         res["tta"] = tta
     elif a.op == "train_step":
         # the layout of the previous default (8 random windows) and of contiguous 32-window batches
@@ -262,6 +270,11 @@ def main():
     if a.op in ("embed", "impute", "impute_tta", "embed_domains"):  # a rate over the slide only means something for these
         res["spots_per_s"] = round(a.n / dt, 1)
     res["rss_before_op_mb"] = round(rss0 / 1024, 1)
+    # size of what the operation returned / wrote (obsm, layers, returned AnnData): memory that must grow with N
+    written = [slide.obsm[k] for k in set(slide.obsm) - keys0[0]] + [slide.layers[k] for k in set(slide.layers) - keys0[1]]
+    if ret is not None and hasattr(ret, "X"):
+        written.append(ret.X)
+    res["result_mb"] = round(sum(_nbytes(x) for x in written) / 2**20, 1)
     res["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     Path(a.out).write_text(json.dumps(res, indent=1))
 

@@ -314,11 +314,24 @@ def _scaling_notes(res) -> list[str]:
             continue
         a, b = rr[0], rr[-1]
         size = b["n_spots"] / a["n_spots"]
-        out.append(
+        grow_kb = 1024 * (b["peak_rss_mb"] - a["peak_rss_mb"]) / (b["n_spots"] - a["n_spots"])
+        line = (
             f"\n**Scaling of `{op}`** from {a['n_spots']:,} to {b['n_spots']:,} spots ({size:.0f}x): time x"
             f"{b['seconds'] / a['seconds']:.1f} ({a['spots_per_s']} → {b['spots_per_s']} spots/s), peak RSS "
-            f"{a['peak_rss_mb']:.0f} → {b['peak_rss_mb']:.0f} MB (x{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}).\n"
+            f"{a['peak_rss_mb']:.0f} → {b['peak_rss_mb']:.0f} MB (x{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}), "
+            f"i.e. {grow_kb:.1f} KB per added spot"
         )
+        if b.get("result_mb") is not None:
+            line += (f"; what the call returns or writes (obsm / layers / returned AnnData) is "
+                     f"{1024 * b['result_mb'] / b['n_spots']:.1f} KB per spot ({b['result_mb']:.0f} MB here)")
+        if b.get("rss_before_op_mb") is not None and b.get("self_peak_rss_mb") is not None:
+            if b["self_peak_rss_mb"] <= b["rss_before_op_mb"] + 1:
+                line += (f"; at {b['n_spots']:,} spots the call itself did not raise the process's peak: it was reached "
+                         f"while building the tiled slide ({b['rss_before_op_mb']:.0f} MB)")
+            else:
+                line += (f"; at {b['n_spots']:,} spots the call raised the process's peak from "
+                         f"{b['rss_before_op_mb']:.0f} MB (slide built) to {b['self_peak_rss_mb']:.0f} MB")
+        out.append(line + ".\n")
     br = [r for r in res["rows"] if r.get("op") == "breakdown" and r.get("status") == "ok"]
     if br:
         sec = br[-1]["breakdown"]["seconds"]
@@ -331,8 +344,9 @@ def _scaling_notes(res) -> list[str]:
             f"\nThe largest cost is the **{top}** ({100 * sec[top] / sum(sec.values()):.0f} % at "
             f"{br[-1]['n_spots']:,} spots). What was done about it: the backbone runs once per spot, not once per window "
             "member (the naive-path ratio above); the default backbone is a 4.9 M-parameter CNN (resnet10t, 112 px) "
-            "chosen to run on CPUs; patches are read lazily per batch from the best pyramid level, so memory does not "
-            "grow with the slide; on a GPU, inference runs under bf16 autocast. Test-time augmentation multiplies "
+            "chosen to run on CPUs; patches are read lazily per batch from the best pyramid level and expression rows are "
+            "normalised per batch from the count matrix, so working memory is one batch and what grows with the slide "
+            "is the slide itself (its count matrix, in the peak RSS above) and the result; on a GPU, inference runs under bf16 autocast. Test-time augmentation multiplies "
             "the backbone cost by 8 (`impute_tta`) and can be switched off (`tta=False`).\n"
         )
     return out

@@ -130,7 +130,8 @@ def test_report_renders_speed_scaling_and_peer_speed(tmp_path, monkeypatch):
     row = {"status": "ok", "tiling": {"tiles": 1}}
     speed = {**env, "task": "speed", "base_slide": "C6", "rows": [
         {**row, "op": "embed", "n_spots": 1000, "seconds": 10.0, "spots_per_s": 100.0, "peak_rss_mb": 2000.0},
-        {**row, "op": "embed", "n_spots": 100000, "seconds": 1100.0, "spots_per_s": 90.9, "peak_rss_mb": 2100.0},
+        {**row, "op": "embed", "n_spots": 100000, "seconds": 1100.0, "spots_per_s": 90.9, "peak_rss_mb": 2100.0,
+         "result_mb": 390.6, "rss_before_op_mb": 2050.0, "self_peak_rss_mb": 2100.0},
         {**row, "op": "breakdown", "n_spots": 1000, "breakdown": {
             "seconds": {"patch reading": 1.0, "H&E backbone": 6.0, "spatial encoder": 3.0}, "total_s": 10.0,
             "naive": {"mean_valid_per_window": 20, "batch_windows": 64, "patches_in_batch": 1280,
@@ -155,4 +156,6 @@ def test_report_renders_speed_scaling_and_peer_speed(tmp_path, monkeypatch):
     assert f"## Suite: {tag}\n" in md and "## Suite: pytest_report_speed" not in md
     assert f"### Speed of the domain peers ({tag})" in md and "timeout after 900 s" in md
     assert "from 1,000 to 100,000 spots (100x): time x110.0" in md and "2000 → 2100 MB (x1.05)" in md
+    assert "i.e. 1.0 KB per added spot; what the call returns or writes" in md and "4.0 KB per spot (391 MB here)" in md
+    assert "the call raised the process's peak from 2050 MB (slide built) to 2100 MB" in md
     assert "The largest cost is the **H&E backbone** (60 %" in md

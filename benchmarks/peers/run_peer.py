@@ -20,6 +20,17 @@ import numpy as np
 warnings.filterwarnings("ignore")
 
 
+def _scipy_sparse_array_getnnz() -> None:
+    """pynndescent 0.7 returns scipy sparse *arrays*, on which scipy >= 1.14 has no ``getnnz``; scanpy's
+    ``pp.neighbors`` (SpaGCN's louvain initialisation) still calls it on slides of >= 4096 spots.
+    Benchmark-only shim: the arrays' own ``_getnnz`` under the old name."""
+    import scipy.sparse as sp
+
+    for cls in (sp.csr_array, sp.csc_array, sp.coo_array):
+        if not hasattr(cls, "getnnz") and hasattr(cls, "_getnnz"):
+            cls.getnnz = cls._getnnz
+
+
 def _seed(s):
     random.seed(s)
     np.random.seed(s)
@@ -174,6 +185,7 @@ def main():
     import anndata as ad
 
     _seed(a.seed)
+    _scipy_sparse_array_getnnz()
     adata = ad.read_h5ad(a.input)
     labels, emb, info = METHODS[a.name](adata, a.k, a.seed)
     from importlib.metadata import version
