@@ -437,6 +437,9 @@ Data: HER2ST (Andersson et al., *Nat Commun* 2021; almaan/her2st), legacy Spatia
 train C2, C3, C4; test C5, C6 (never used for any choice made here). DLPFC 151673 (Maynard et al., *Nat Neurosci*
 2021; spatialLIBD) with manual layer labels. HER2ST A1 with pathologist labels.
 
+GPU throughput (spots/s at batch sizes 256–4096 under bf16, fraction of the backbone's peak FLOP rate) is **not
+measured**: no GPU has been available to this project's runs so far; every number below is from CPU cores.
+
 Re-run: `python benchmarks/run.py --suite quick` (≤ 15 min on 2 CPU cores) or `--suite full`; domain peers need
 `pip install -r benchmarks/requirements.txt` in a separate environment (see `benchmarks/README.md`).
 """
