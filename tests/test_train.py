@@ -201,7 +201,7 @@ def test_pretrain_with_an_he_only_wsi_slide(tmp_path):
     scale = a.uns["spatial"][lib]["scalefactors"]
     mpp = float(scale["microns_per_pixel"]) / float(scale.get(f"tissue_{name}_scalef", 1.0))
     wsi = {"reader": "wsi", "path": "he.png", "mpp": mpp, "spot_diameter_um": 100.0, "pitch_um": 500.0,
-           "lattice": "square", "tissue_only": False, "use": "he"}
+           "lattice": "square", "tissue_only": False, "use": "he", "weight": 2.0}
     tiles = read_slide_spec(wsi, tmp_path)
     assert tiles.n_vars == 0 and tiles.n_obs > 10
     cfg = yaml.safe_load(_write_cfg(tmp_path, tmp_path / "run", 2).read_text())
@@ -217,3 +217,27 @@ def test_pretrain_with_an_he_only_wsi_slide(tmp_path):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match="no expression"):
         main(["pretrain", "--config", str(tmp_path / "cfg.yaml")])
+
+
+def test_window_sampler_slide_weights_and_paired_fraction():
+    a = st.datasets.demo()
+    cfg = tiny_config(gene_vocab=["ERBB2", "GAPDH"])
+    paired = prepare_slides(a, cfg, use_he=True, use_gene=True)[0]
+    st_only = prepare_slides(a, cfg, use_he=False, use_gene=True)[0]
+    he_only = prepare_slides(a, cfg, use_he=True, use_gene=False)[0]
+    slides = [paired, st_only, he_only]
+    kw = {"windows": 4, "steps": 1, "patch_size": 32}
+    p = WindowSampler(slides, paired_fraction=0.8, **kw).slide_probabilities()
+    np.testing.assert_allclose(p, [0.8, 0.1, 0.1])  # the unpaired share split by size (equal here)
+    p = WindowSampler(slides, paired_fraction=0.8, weights=[1, 1, 3], **kw).slide_probabilities()
+    np.testing.assert_allclose(p, [0.8, 0.05, 0.15])  # an H&E-only slide weighted 3x within the unpaired share
+    p = WindowSampler(slides, paired_fraction=0.8, weights=[1, 0, 0], **kw).slide_probabilities()
+    np.testing.assert_allclose(p, [1, 0, 0])  # weight 0 leaves a slide out
+    p = WindowSampler(slides, weights=[2, 1, 1], **kw).slide_probabilities()
+    np.testing.assert_allclose(p, [0.5, 0.25, 0.25])
+    with pytest.raises(ValueError, match="one per slide"):
+        WindowSampler(slides, weights=[1, 1], **kw)
+    with pytest.raises(ValueError, match="not all 0"):
+        WindowSampler(slides, weights=[0, 0, 0], **kw)
+    with pytest.raises(ValueError, match=">= 0"):
+        WindowSampler(slides, weights=[1, -1, 1], **kw)

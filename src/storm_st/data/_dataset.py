@@ -335,8 +335,16 @@ class WindowSampler(torch.utils.data.IterableDataset):
         seed: int = 0,
         paired_fraction: float | None = None,
         contiguous: bool = False,
+        weights: list[float] | None = None,
     ):
         super().__init__()
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if len(weights) != len(slides):
+                raise ValueError(f"weights has {len(weights)} entries for {len(slides)} slides; give one per slide.")
+            if not all(np.isfinite(w) and w >= 0 for w in weights) or not any(w > 0 for w in weights):
+                raise ValueError(f"Slide weights must be finite, >= 0 and not all 0; got {weights}.")
+        self.weights = weights
         self.paired_fraction = paired_fraction
         self.contiguous = bool(contiguous)
         self.slides, self.windows, self.steps = slides, windows, steps
@@ -349,12 +357,14 @@ class WindowSampler(torch.utils.data.IterableDataset):
     def slide_probabilities(self) -> np.ndarray:
         """Sampling probability of each slide.
 
-        Proportional to its spots, with ``paired_fraction`` of the batches drawn from slides that have
-        both H&E and expression (when some have and some do not).
+        Proportional to its spots (times its ``weight``), with ``paired_fraction`` of the batches drawn from
+        slides that have both H&E and expression (when some have and some do not).
         """
         sizes = np.array([s.n for s in self.slides], dtype=np.float64)
-        paired = np.array([s.has_he and s.has_gene for s in self.slides])
-        if self.paired_fraction is None or paired.all() or not paired.any():
+        if self.weights is not None:
+            sizes = sizes * np.asarray(self.weights, dtype=np.float64)
+        paired = np.array([s.has_he and s.has_gene for s in self.slides]) & (sizes > 0)
+        if self.paired_fraction is None or paired.all() or not paired.any() or not (sizes[~paired] > 0).any():
             return sizes / sizes.sum()
         f = float(self.paired_fraction)
         p = np.where(paired, f * sizes / sizes[paired].sum(), (1 - f) * sizes / sizes[~paired].sum())

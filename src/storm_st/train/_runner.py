@@ -92,6 +92,7 @@ def read_slide_spec(spec: dict[str, Any] | str, base: str | Path = ".") -> Any:
     spec = dict(spec)
     reader = spec.pop("reader", None)
     spec.pop("use", None)
+    spec.pop("weight", None)
 
     def _p(key: str) -> Path:
         raw = str(spec.pop(key))
@@ -185,9 +186,10 @@ def pretrain(
     slide_specs = cfg["data"]["slides"]
     if not slide_specs:
         raise ValueError("The config lists no slides under data.slides.")
-    adatas, uses = [], []
+    adatas, uses, weights = [], [], []
     for spec in slide_specs:
         use = (spec.get("use", "he+st") if isinstance(spec, dict) else "he+st")
+        weights.append(float(spec.get("weight", 1.0)) if isinstance(spec, dict) else 1.0)
         if use not in ("he+st", "he", "st"):
             raise ValueError(f"slide 'use' must be he+st, he or st, got {use!r}.")
         a = read_slide_spec(spec, cfg["_base"])
@@ -208,18 +210,20 @@ def pretrain(
             model_kw["gene_input"][5:], [a for a, u in zip(adatas, uses, strict=True) if "st" in u], cfg["data"]["novae_model"]
         )
     model_cfg = StormConfig(**model_kw)
-    slides = []
+    slides, slide_weights = [], []
     cache = cfg["data"]["cache_patch_size"] or model_cfg.image_size
-    for a, use in zip(adatas, uses, strict=True):
-        slides += prepare_slides(
+    for a, use, w in zip(adatas, uses, weights, strict=True):
+        prepared = prepare_slides(
             a, model_cfg, use_he="he" in use, use_gene="st" in use, cache_patches=cache if "he" in use else None
         )
+        slides += prepared
+        slide_weights += [w] * len(prepared)
     n_spots = sum(s.n for s in slides)
     logger.info("pretraining on %d slides, %d spots, vocabulary of %d genes", len(slides), n_spots, len(vocab))
     acc = int(tr["accumulate_grad_batches"])
     steps = int(cfg["training"]["max_steps"])
     sampler = WindowSampler(slides, windows=cfg["data"]["windows_per_batch"], steps=steps * acc, patch_size=cache, seed=tr["seed"],
-        paired_fraction=cfg["data"]["paired_fraction"], contiguous=cfg["data"]["contiguous"],
+        paired_fraction=cfg["data"]["paired_fraction"], contiguous=cfg["data"]["contiguous"], weights=slide_weights,
     )
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
