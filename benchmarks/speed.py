@@ -19,28 +19,39 @@ _WRAP = (
 )
 
 
-def _measure(op: str, n: int, model: str, base: str, timeout: int) -> dict:
-    """Run the worker under a tiny wrapper whose RUSAGE_CHILDREN is exactly the worker's peak RSS."""
-    out = RESULTS / "_tmp" / f"speed_{op}_{n}.json"
+def measured_run(args: list[str], out: Path, timeout: float) -> dict:
+    """Run ``args`` under a tiny wrapper whose RUSAGE_CHILDREN is exactly that process's peak RSS.
+
+    Returns ``{"status": "ok", "wall_s", "peak_rss_mb"}`` when it exited 0 and wrote ``out``, else
+    ``{"status": "timeout after ... s" | "error: <last stderr line>"}``.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         out.unlink()
-    worker = str(Path(__file__).parent / "_speed_worker.py")
-    cmd = [sys.executable, "-c", _WRAP, sys.executable, worker, op, str(n), model, str(out), "--base", base]
     t = time.perf_counter()
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run([sys.executable, "-c", _WRAP, *args], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"op": op, "n_spots": n, "status": f"timeout after {timeout} s"}
+        return {"status": f"timeout after {timeout} s"}
     wall = time.perf_counter() - t
     peak = next((int(ln.split()[1]) for ln in p.stdout.splitlines() if ln.startswith("PEAK_RSS_KB")), None)
     if p.returncode != 0 or not out.exists():
         err = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-        return {"op": op, "n_spots": n, "status": f"error: {(err[-1] if err else p.returncode)}"[:300]}
+        return {"status": f"error: {(err[-1] if err else p.returncode)}"[:300]}
+    return {"status": "ok", "wall_s": wall, "peak_rss_mb": round(peak / 1024, 1) if peak else None}
+
+
+def _measure(op: str, n: int, model: str, base: str, timeout: int) -> dict:
+    """One worker operation in a fresh process: its JSON result plus peak RSS and process wall time."""
+    out = RESULTS / "_tmp" / f"speed_{op}_{n}.json"
+    worker = str(Path(__file__).parent / "_speed_worker.py")
+    m = measured_run([sys.executable, worker, op, str(n), model, str(out), "--base", base], out, timeout)
+    if m["status"] != "ok":
+        return {"op": op, "n_spots": n, "status": m["status"]}
     r = json.loads(out.read_text())
     r["status"] = "ok"
-    r["peak_rss_mb"] = round(peak / 1024, 1) if peak else None
-    r["process_wall_s"] = round(wall, 1)
+    r["peak_rss_mb"] = m["peak_rss_mb"]
+    r["process_wall_s"] = round(m["wall_s"], 1)
     return r
 
 

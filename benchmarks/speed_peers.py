@@ -7,13 +7,9 @@ Each slide size is one tiled slide (``speed._speed_worker.tiled_slide``); STORM 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-
 from _common import RESULTS
 from domains import peer_command
-from speed import _WRAP, _measure
+from speed import _measure, measured_run
 
 SIZES = [1000, 10000]
 PEERS = ("BANKSY", "CellCharter", "SpaGCN", "NOVAE")  # GraphST: 1502 s on 3.6k spots in the domain task
@@ -23,21 +19,11 @@ PEER_TIMEOUT_S = 900
 
 def _measure_peer(name: str, n: int, inp, python: str, seed: int) -> dict:
     out = RESULTS / "_tmp" / f"speed_peer_{name}_{n}.npz"
-    if out.exists():
-        out.unlink()
-    cmd = [sys.executable, "-c", _WRAP, *peer_command(name, inp, K, out, python, seed)]
-    t = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"method": name, "n_spots": n, "status": f"timeout after {PEER_TIMEOUT_S} s"}
-    wall = time.perf_counter() - t
-    peak = next((int(ln.split()[1]) for ln in p.stdout.splitlines() if ln.startswith("PEAK_RSS_KB")), None)
-    if p.returncode != 0 or not out.exists():
-        err = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-        return {"method": name, "n_spots": n, "status": f"error: {(err[-1] if err else p.returncode)}"[:300]}
-    return {"method": name, "n_spots": n, "status": "ok", "seconds": round(wall, 1),
-            "spots_per_s": round(n / wall, 1), "peak_rss_mb": round(peak / 1024, 1) if peak else None}
+    m = measured_run(peer_command(name, inp, K, out, python, seed), out, PEER_TIMEOUT_S)
+    if m["status"] != "ok":
+        return {"method": name, "n_spots": n, "status": m["status"]}
+    return {"method": name, "n_spots": n, "status": "ok", "seconds": round(m["wall_s"], 1),
+            "spots_per_s": round(n / m["wall_s"], 1), "peak_rss_mb": m["peak_rss_mb"]}
 
 
 def run(args, suite: str) -> dict:
