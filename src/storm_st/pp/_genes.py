@@ -150,13 +150,13 @@ class ExpressionRows:
     rows of one batch are ever densified. :func:`expression_input` is the dense, whole-slide form.
     """
 
-    def __init__(self, X, alignment: GeneAlignment, *, already_log: bool, target_sum: float = 1e4, rows=None):
+    def __init__(self, X, alignment: GeneAlignment, *, already_log: bool, target_sum: float = 1e4):
         self._X = X
         self._alignment = alignment
         self._cols = alignment.columns[alignment.present]
         self._already_log = already_log
         self._target_sum = float(target_sum)
-        self._rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self._rows = None  # positions in X of this object's rows (set by :meth:`take`); None = all, in order
         self._totals = None
         if not already_log:
             tot = np.asarray(X.sum(axis=1), dtype=np.float32).reshape(-1)  # library size over all genes
@@ -181,7 +181,7 @@ class ExpressionRows:
         return out
 
     def __getitem__(self, idx) -> np.ndarray:
-        pos = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64).reshape(-1)
+        pos = np.arange(*idx.indices(len(self))) if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64).reshape(-1)
         src = pos if self._rows is None else self._rows[pos]
         sub = self._X[src][:, self._cols]
         sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
