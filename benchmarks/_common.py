@@ -84,17 +84,22 @@ def now() -> str:
 
 
 class Timer:
-    def __init__(self):
+    """Accumulating named timers; ``sync`` (e.g. ``torch.cuda.synchronize``) runs at both ends of a block."""
+
+    def __init__(self, sync=None):
         self.t = {}
+        self.sync = sync or (lambda: None)
 
     def __call__(self, key):
         timer = self
 
         class _T:
             def __enter__(self):
+                timer.sync()
                 self.s = time.perf_counter()
 
             def __exit__(self, *a):
+                timer.sync()
                 timer.t[key] = timer.t.get(key, 0.0) + time.perf_counter() - self.s
 
         return _T()

@@ -97,30 +97,35 @@ def tiled_slide(base, n: int, genes: list[str] | None):
     return a, {"tiles": n_tiles, "grid": [ny, nx], "base_spots": nb}
 
 
-def breakdown(model, a, batch_size: int, naive_batch: int = 64) -> dict:
+def breakdown(model, a, batch_size: int, naive_batch: int = 64, device="cpu") -> dict:
     import torch
     from _common import Timer
 
     from storm_st.data import prepare_slides
 
-    T = Timer()
-    with torch.no_grad():
+    dev = torch.device(device)
+    model = model.to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    # the same mixed precision as tl.embed on that device
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    T = Timer(sync=sync)
+    with torch.no_grad(), amp:
         with T("prepare (windows, expression input)"):
             s = prepare_slides(a, model.config, use_he=True, use_gene=True)[0]
         toks, gtoks = [], []
-        present = torch.from_numpy(s.present)
+        present = torch.from_numpy(s.present).to(dev)
         for b in range(0, s.n, batch_size):
             rows = np.arange(b, min(b + batch_size, s.n))
-            with T("patch reading"):
-                p = torch.from_numpy(s.read_patches(rows, model.config.image_size)).permute(0, 3, 1, 2)
+            with T("patch reading"):  # includes the host -> device copy on a GPU
+                p = torch.from_numpy(s.read_patches(rows, model.config.image_size)).permute(0, 3, 1, 2).to(dev)
             with T("H&E backbone"):
                 f = model.he_encoder(p)
             with T("H&E projection + gene encoder"):
                 toks.append(model.he_proj(f))
-                gtoks.append(model.encode_gene(torch.from_numpy(s.expr[rows]), present))
+                gtoks.append(model.encode_gene(torch.from_numpy(s.expr[rows]).to(dev), present))
         tables = {"he": torch.cat(toks), "gene": torch.cat(gtoks)}
-        avail = {k: torch.ones(s.n, dtype=torch.bool) for k in tables}
-        nb, rel = torch.from_numpy(s.neighbors), torch.from_numpy(s.rel_pos)
+        avail = {k: torch.ones(s.n, dtype=torch.bool, device=dev) for k in tables}
+        nb, rel = torch.from_numpy(s.neighbors).to(dev), torch.from_numpy(s.rel_pos).to(dev)
         embs = []
         with T("spatial encoder"):
             for b in range(0, s.n, batch_size):
@@ -134,20 +139,26 @@ def breakdown(model, a, batch_size: int, naive_batch: int = 64) -> dict:
         w = s.neighbors[:B]
         valid = w >= 0
         n_patch = int(valid.sum())
+        sync()
         t0 = time.perf_counter()
-        pn = torch.from_numpy(s.read_patches(w[valid], model.config.image_size)).permute(0, 3, 1, 2)
+        pn = torch.from_numpy(s.read_patches(w[valid], model.config.image_size)).permute(0, 3, 1, 2).to(dev)
+        sync()
         t_read = time.perf_counter() - t0
         t0 = time.perf_counter()
         fn = model.he_proj(model.he_encoder(pn))
+        sync()
         t_bb = time.perf_counter() - t0
         t0 = time.perf_counter()
-        tab = torch.zeros(B, w.shape[1], fn.shape[1])
-        tab[torch.from_numpy(valid)] = fn
-        flat = {"he": tab.reshape(B * w.shape[1], -1), "gene": tables["gene"][torch.from_numpy(np.clip(w, 0, None)).reshape(-1)]}
-        idx = torch.arange(B * w.shape[1]).reshape(B, -1)
-        idx[torch.from_numpy(~valid)] = -1
-        fav = {k: torch.ones(B * w.shape[1], dtype=torch.bool) for k in flat}
+        vmask = torch.from_numpy(valid).to(dev)
+        tab = torch.zeros(B, w.shape[1], fn.shape[1], dtype=fn.dtype, device=dev)
+        tab[vmask] = fn
+        gidx = torch.from_numpy(np.clip(w, 0, None)).reshape(-1).to(dev)
+        flat = {"he": tab.reshape(B * w.shape[1], -1), "gene": tables["gene"][gidx]}
+        idx = torch.arange(B * w.shape[1], device=dev).reshape(B, -1)
+        idx[~vmask] = -1
+        fav = {k: torch.ones(B * w.shape[1], dtype=torch.bool, device=dev) for k in flat}
         model(flat, fav, idx, rel[:B])
+        sync()
         t_sp = time.perf_counter() - t0
     t_naive_batch = t_read + t_bb + t_sp
     ours = sum(v for k, v in T.t.items())
@@ -165,29 +176,38 @@ def breakdown(model, a, batch_size: int, naive_batch: int = 64) -> dict:
     }
 
 
-def train_steps(model, a, windows: int = 8, contiguous: bool = False, steps: int = 12, warm: int = 2) -> dict:
+def train_steps(model, a, windows: int = 8, contiguous: bool = False, steps: int = 12, warm: int = 2, device="cpu") -> dict:
     """Time pretraining steps (forward, backward, AdamW) of ``model``'s architecture on slide ``a``.
 
     ``contiguous``: the window layout of :class:`storm_st.data.WindowSampler` (random centres, or a
     contiguous region of centres whose windows share spots).
     """
+    import torch
 
     from storm_st.data import WindowSampler, prepare_slides
     from storm_st.train import StormPretraining
 
     cfg = model.config
     slides = prepare_slides(a, cfg, use_he=True, use_gene=True, cache_patches=cfg.image_size)
-    module = StormPretraining(cfg.to_dict(), max_steps=steps, warmup_steps=1)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    # bf16 autocast on a GPU, as `storm-st pretrain` uses there (precision "bf16-mixed"); fp32 on the CPU
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    module = StormPretraining(cfg.to_dict(), max_steps=steps, warmup_steps=1).to(dev)
     opt = module.configure_optimizers()["optimizer"]
     module.train()
     times, spots = [], []
     batches = WindowSampler(slides, windows=windows, steps=steps, patch_size=cfg.image_size, contiguous=contiguous)
     for i, batch in enumerate(batches):
-        t0 = time.perf_counter()
-        loss = module.compute_loss(batch)["loss"]
+        sync()
+        t0 = time.perf_counter()  # includes the host -> device copy of the batch
+        batch = batch.to(dev)
+        with amp:
+            loss = module.compute_loss(batch)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sync()
         if i >= warm:
             times.append(time.perf_counter() - t0)
             spots.append(int(batch.patches.shape[0]))
@@ -216,11 +236,15 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--base", default="C6")
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when available)")
     a = ap.parse_args()
     import torch
     from _common import read_slide
 
     import storm_st as st
+    from storm_st._utils import resolve_device
+
+    device = resolve_device(a.device)
 
     model = st.load_model(a.model) if a.model not in ("storm-small", "random") else None
     head_note = None
@@ -244,27 +268,30 @@ def main():
     slide, tinfo = tiled_slide(base, a.n, list(model.config.gene_vocab))
     t_build = time.perf_counter() - t0
     res = {"op": a.op, "n_spots": a.n, "tiling": tinfo, "build_s": round(t_build, 2), "torch_threads": torch.get_num_threads(),
-           "batch_size": a.batch_size, "head_note": head_note, "genes_in_slide": int(slide.n_vars)}
+           "batch_size": a.batch_size, "head_note": head_note, "genes_in_slide": int(slide.n_vars), "device": str(device),
+           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     keys0 = (set(slide.obsm), set(slide.layers))
     ret = None
     t0 = time.perf_counter()
     if a.op == "embed":
-        st.tl.embed(slide, model, batch_size=a.batch_size, show_progress=False)
+        st.tl.embed(slide, model, batch_size=a.batch_size, device=str(device), show_progress=False)
         res["modalities"] = slide.uns["storm"]["modalities"]
     elif a.op == "embed_domains":
-        st.tl.embed(slide, model, batch_size=a.batch_size, show_progress=False)
+        st.tl.embed(slide, model, batch_size=a.batch_size, device=str(device), show_progress=False)
         st.tl.domains(slide, n_domains=5)
         res["modalities"] = slide.uns["storm"]["modalities"]
     elif a.op in ("impute", "impute_tta"):
         tta = a.op == "impute_tta"
-        ret = st.tl.impute_expression(slide, model, batch_size=a.batch_size, tta=tta, show_progress=False)
+        ret = st.tl.impute_expression(slide, model, batch_size=a.batch_size, tta=tta, device=str(device), show_progress=False)
         res["tta"] = tta
     elif a.op == "train_step":
         # the layout of the previous default (8 random windows) and of contiguous 32-window batches
-        res["train_step"] = [train_steps(model, slide, 8, False), train_steps(model, slide, 32, True)]
+        res["train_step"] = [train_steps(model, slide, 8, False, device=device), train_steps(model, slide, 32, True, device=device)]
+        if device.type == "cuda":  # a GPU has room for far larger batches than the CPU layouts above
+            res["train_step"].append(train_steps(model, slide, 256, True, device=device))
     else:
-        res["breakdown"] = breakdown(model, slide, a.batch_size)
+        res["breakdown"] = breakdown(model, slide, a.batch_size, device=device)
     dt = time.perf_counter() - t0
     res["seconds"] = round(dt, 2)
     if a.op in ("embed", "impute", "impute_tta", "embed_domains"):  # a rate over the slide only means something for these
@@ -276,6 +303,8 @@ def main():
         written.append(ret.X)
     res["result_mb"] = round(sum(_nbytes(x) for x in written) / 2**20, 1)
     res["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if device.type == "cuda":  # peak of tensors allocated on the GPU by this process (torch's caching allocator)
+        res["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     Path(a.out).write_text(json.dumps(res, indent=1))
 
 

@@ -96,6 +96,7 @@ def _fig_domains(res, tag):
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = STATIC / f"{tag}_domains.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -122,6 +123,7 @@ def _fig_speed(res, tag):
         ax.legend()
     fig.tight_layout()
     path = STATIC / f"{tag}_speed.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -368,6 +370,24 @@ def section_speed_peers(res, tag, out):
     return "\n".join(out)
 
 
+def _gpu_vs_cpu(res) -> list[str]:
+    """Speed-up of the GPU rows over the CPU rows of the full suite (same worker, slide and sizes)."""
+    cpu_file = RESULTS / "full_speed.json"
+    if not cpu_file.exists():
+        return []
+    cpu = {(r["op"], r["n_spots"]): r for r in json.loads(cpu_file.read_text()).get("rows", []) if r.get("status") == "ok"}
+    pairs = []
+    for r in res["rows"]:
+        c = cpu.get((r.get("op"), r.get("n_spots")))
+        if r.get("status") == "ok" and c and r.get("spots_per_s") and c.get("spots_per_s"):
+            pairs.append(f"{r['op']} {r['n_spots']:,}: {c['spots_per_s']} → {r['spots_per_s']} spots/s "
+                         f"(x{r['spots_per_s'] / c['spots_per_s']:.0f})")
+    if not pairs:
+        return []
+    return ["\n**GPU over the 2-core CPU of the full suite** (different machines: absolute times of each hold for its own "
+            "machine): " + "; ".join(pairs) + ".\n"]
+
+
 @_section("Speed and memory")
 def section_speed(res, tag, out):
     out.append(
@@ -379,15 +399,22 @@ def section_speed(res, tag, out):
         "`impute_tta`: its default 8-fold test-time augmentation (8 backbone passes per spot; smallest size only). "
         "Times are absolute for the machine above.\n"
     )
-    hdr = ["operation", "spots", "tiles", "seconds", "spots / s", "peak RSS (MB)", "status"]
+    gpu = any(r.get("gpu_peak_mb") is not None for r in res["rows"])
+    if gpu:
+        out.append(f"- Device: **{res.get('device')}** ({res.get('machine', {}).get('gpu')}); peak RSS is host memory, "
+                   "*GPU peak* is `torch.cuda.max_memory_allocated` of the worker. Stage timers synchronise the GPU.\n")
+    hdr = ["operation", "spots", "tiles", "seconds", "spots / s", "peak RSS (MB)", *(["GPU peak (MB)"] if gpu else []), "status"]
     body = []
     for r in res["rows"]:
         if r.get("op") in ("breakdown", "train_step"):
             continue
         ok = r.get("status") == "ok"
         body.append([r["op"], f"{r['n_spots']:,}", (r.get("tiling") or {}).get("tiles", "–"), _f(r.get("seconds"), 1) if ok else "–",
-                     _f(r.get("spots_per_s"), 1) if ok else "–", _f(r.get("peak_rss_mb"), 0) if ok else "–", r.get("status")])
+                     _f(r.get("spots_per_s"), 1) if ok else "–", _f(r.get("peak_rss_mb"), 0) if ok else "–",
+                     *([_f(r.get("gpu_peak_mb"), 0) if ok else "–"] if gpu else []), r.get("status")])
     out.append("\n" + _table(hdr, body) + "\n")
+    if gpu:
+        out.extend(_gpu_vs_cpu(res))
     for r in _ok_rows(res, "breakdown", "Cost split", out):
         b = r["breakdown"]
         tot = b["total_s"]
@@ -437,8 +464,9 @@ Data: HER2ST (Andersson et al., *Nat Commun* 2021; almaan/her2st), legacy Spatia
 train C2, C3, C4; test C5, C6 (never used for any choice made here). DLPFC 151673 (Maynard et al., *Nat Neurosci*
 2021; spatialLIBD) with manual layer labels. HER2ST A1 with pathologist labels.
 
-GPU throughput (spots/s at batch sizes 256–4096 under bf16, fraction of the backbone's peak FLOP rate) is **not
-measured**: no GPU has been available to this project's runs so far; every number below is from CPU cores.
+Every suite ran on CPU cores except suite `gpu`: the same speed task on one NVIDIA H200 lent for one session
+(`--device cuda`, bf16 autocast as `tl.embed` uses on a GPU). Only the default batch size (256 spots) was measured
+there; no batch-size sweep or fraction-of-peak figure.
 
 Re-run: `python benchmarks/run.py --suite quick` (≤ 15 min on 2 CPU cores) or `--suite full`; domain peers need
 `pip install -r benchmarks/requirements.txt` in a separate environment (see `benchmarks/README.md`).

@@ -1,4 +1,4 @@
-"""Task 3: throughput and peak memory of tl.embed / tl.impute_expression vs slide size (CPU)."""
+"""Task 3: throughput and peak memory of tl.embed / tl.impute_expression vs slide size (CPU, or a GPU with --device cuda)."""
 
 from __future__ import annotations
 
@@ -41,11 +41,11 @@ def measured_run(args: list[str], out: Path, timeout: float) -> dict:
     return {"status": "ok", "wall_s": wall, "peak_rss_mb": round(peak / 1024, 1) if peak else None}
 
 
-def _measure(op: str, n: int, model: str, base: str, timeout: int) -> dict:
+def _measure(op: str, n: int, model: str, base: str, timeout: int, device: str = "cpu") -> dict:
     """One worker operation in a fresh process: its JSON result plus peak RSS and process wall time."""
-    out = RESULTS / "_tmp" / f"speed_{op}_{n}.json"
+    out = RESULTS / "_tmp" / f"speed_{op}_{n}_{device}.json"
     worker = str(Path(__file__).parent / "_speed_worker.py")
-    m = measured_run([sys.executable, worker, op, str(n), model, str(out), "--base", base], out, timeout)
+    m = measured_run([sys.executable, worker, op, str(n), model, str(out), "--base", base, "--device", device], out, timeout)
     if m["status"] != "ok":
         return {"op": op, "n_spots": n, "status": m["status"]}
     r = json.loads(out.read_text())
@@ -58,13 +58,16 @@ def _measure(op: str, n: int, model: str, base: str, timeout: int) -> dict:
 def run(args, suite: str) -> dict:
     sizes = args.sizes or SIZES[suite]
     timeout = 3000 if suite == "full" else 600
+    dev = args.device
+    wanted = set(args.speed_ops or ("embed", "impute", "impute_tta", "breakdown", "train_step"))
     rows = []
     for i, n in enumerate(sizes):
-        ops = ("embed", "impute", "impute_tta") if i == 0 else ("embed", "impute")
-        for op in ops:
-            rows.append(_measure(op, n, args.model, args.speed_base, timeout))
+        ops = ["embed", "impute", "impute_tta"] if i == 0 else ["embed", "impute"]
         if n <= BREAKDOWN_MAX:
-            rows.append(_measure("breakdown", n, args.model, args.speed_base, timeout))
+            ops.append("breakdown")
         if i == 0:
-            rows.append(_measure("train_step", n, args.model, args.speed_base, timeout))
-    return {"base_slide": args.speed_base, "rows": rows}
+            ops.append("train_step")
+        for op in ops:
+            if op in wanted:
+                rows.append(_measure(op, n, args.model, args.speed_base, timeout, dev))
+    return {"base_slide": args.speed_base, "device": dev, "rows": rows}

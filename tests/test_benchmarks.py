@@ -142,20 +142,31 @@ def test_report_renders_speed_scaling_and_peer_speed(tmp_path, monkeypatch):
          "spots_per_s": 83.3, "peak_rss_mb": 2100.0},
         {"method": "NOVAE", "n_spots": 10000, "status": "timeout after 900 s"},
     ]}
+    # the same task on a GPU: GPU peak column and the speed-up over the full suite's CPU rows
+    gpu = {**env, "task": "speed", "base_slide": "C6", "device": "cuda", "machine": {"gpu": "Some GPU"}, "rows": [
+        {**row, "op": "embed", "n_spots": 1000, "seconds": 1.0, "spots_per_s": 1000.0, "peak_rss_mb": 2200.0,
+         "gpu_peak_mb": 344.0},
+        {**row, "op": "impute", "n_spots": 1000, "seconds": 1.0, "spots_per_s": 900.0, "peak_rss_mb": 2200.0,
+         "gpu_peak_mb": 344.0},
+    ]}
     res_dir = tmp_path / "results"
     res_dir.mkdir()
     (res_dir / f"{tag}_speed.json").write_text(json.dumps(speed))
     (res_dir / f"{tag}_speed_peers.json").write_text(json.dumps(peers))
+    (res_dir / f"{tag}gpu_speed.json").write_text(json.dumps(gpu))
+    (res_dir / "full_speed.json").write_text(json.dumps(speed))
     monkeypatch.setattr(report, "RESULTS", res_dir)
-    try:
-        report.render(tmp_path / "bench.md")
-        md = (tmp_path / "bench.md").read_text()
-    finally:
-        for f in (ROOT / "docs" / "_static" / "benchmarks").glob(f"{tag}_*"):
-            f.unlink()
+    monkeypatch.setattr(report, "STATIC", tmp_path / "static")  # figures too: never overwrite the docs' own
+    report.render(tmp_path / "bench.md")
+    md = (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "static" / f"{tag}_speed.png").exists()
     assert f"## Suite: {tag}\n" in md and "## Suite: pytest_report_speed" not in md
     assert f"### Speed of the domain peers ({tag})" in md and "timeout after 900 s" in md
     assert "from 1,000 to 100,000 spots (100x): time x110.0" in md and "2000 → 2100 MB (x1.05)" in md
     assert "i.e. 1.0 KB per added spot; what the call returns or writes" in md and "4.0 KB per spot (391 MB here)" in md
     assert "the call raised the process's peak from 2050 MB (slide built) to 2100 MB" in md
     assert "The largest cost is the **H&E backbone** (60 %" in md
+    gpu_md = md.split(f"### Speed and memory ({tag}gpu)")[1]
+    assert "Device: **cuda** (Some GPU)" in gpu_md and "| GPU peak (MB) |" in gpu_md and "| 344 |" in gpu_md
+    assert "embed 1,000: 100.0 → 1000.0 spots/s (x10)" in gpu_md and "impute 1,000" not in gpu_md  # no CPU row to compare
+    assert "| GPU peak (MB) |" not in md.split(f"### Speed and memory ({tag}gpu)")[0]
