@@ -241,3 +241,25 @@ def test_window_sampler_slide_weights_and_paired_fraction():
         WindowSampler(slides, weights=[0, 0, 0], **kw)
     with pytest.raises(ValueError, match=">= 0"):
         WindowSampler(slides, weights=[1, -1, 1], **kw)
+
+
+def test_init_backbone_loads_student_and_teacher(tmp_path):
+    from safetensors.torch import save_file
+
+    from storm_st.models import StormModel
+
+    cfg = tiny_config()
+    torch.manual_seed(123)
+    donor = StormModel(cfg).he_encoder.backbone.state_dict()
+    path = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in donor.items()}, str(path))
+    torch.manual_seed(0)
+    module = StormPretraining(cfg.to_dict(), init_backbone=str(path))
+    for k, v in donor.items():
+        torch.testing.assert_close(module.model.he_encoder.backbone.state_dict()[k], v, rtol=0, atol=0)
+        torch.testing.assert_close(module.teacher.backbone.state_dict()[k], v, rtol=0, atol=0)  # EMA target starts there too
+    # a file for another architecture is refused with the missing keys, not silently half-loaded
+    other = {k: v for k, v in donor.items() if not k.startswith("layer1")}
+    save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ValueError, match="missing keys"):
+        StormPretraining(cfg.to_dict(), init_backbone=str(tmp_path / "partial.safetensors"))
