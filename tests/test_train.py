@@ -263,3 +263,24 @@ def test_init_backbone_loads_student_and_teacher(tmp_path):
     save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "partial.safetensors"))
     with pytest.raises(ValueError, match="missing keys"):
         StormPretraining(cfg.to_dict(), init_backbone=str(tmp_path / "partial.safetensors"))
+
+
+def test_resume_does_not_need_the_backbone_start_file(tmp_path):
+    """The start weights are read once: resuming (and exporting) uses the checkpoint even if the file is gone."""
+    from safetensors.torch import save_file
+
+    from storm_st.cli import main
+    from storm_st.models import StormModel, from_pretrained
+
+    st.datasets.demo().write_h5ad(tmp_path / "demo.h5ad")
+    start = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in StormModel(tiny_config()).he_encoder.backbone.state_dict().items()}, str(start))
+    run = tmp_path / "run"
+    path = _write_cfg(tmp_path, run, 4)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["training"]["init_backbone"] = str(start)
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["pretrain", "--config", str(path), "--stop-at-step", "2"]) == 0
+    start.unlink()
+    assert main(["pretrain", "--config", str(path), "--resume"]) == 0
+    assert from_pretrained(run / "model").extra["pretraining"]["steps"] == 4

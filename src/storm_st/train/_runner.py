@@ -237,7 +237,10 @@ def pretrain(
             default=str,
         )
     )
-    module = StormPretraining(model_cfg.to_dict(), seed=int(tr["seed"]), **cfg["training"])
+    training_kw = dict(cfg["training"])
+    if resume and last.is_file():  # the checkpoint holds the weights: the start file is not needed (nor read) again
+        training_kw["init_backbone"] = None
+    module = StormPretraining(model_cfg.to_dict(), seed=int(tr["seed"]), **training_kw)
     if resume and last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=False)
         sampler.start = int(state.get("global_step", 0)) * acc
@@ -284,7 +287,7 @@ def export_run(run_dir: str | Path, *, module: Any = None, wall_time_s: float | 
         if not ckpt.is_file():
             raise FileNotFoundError(f"No checkpoint at {ckpt}.")
         state = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own training state
-        module = StormPretraining(**state["hyper_parameters"])
+        module = StormPretraining(**{**state["hyper_parameters"], "init_backbone": None})  # weights come from the checkpoint
         module.load_state_dict(state["state_dict"])
         step = int(state.get("global_step", 0))
     else:
