@@ -97,17 +97,25 @@ def tiled_slide(base, n: int, genes: list[str] | None):
     return a, {"tiles": n_tiles, "grid": [ny, nx], "base_spots": nb}
 
 
+def _device_tools(device):
+    """``(device, sync, autocast)``: a GPU is synchronised around timed blocks and runs under bf16 autocast, as
+    tl.embed and `storm-st pretrain` ("bf16-mixed") run there; the CPU runs in fp32."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return dev, torch.cuda.synchronize, torch.autocast("cuda", dtype=torch.bfloat16)
+    return dev, (lambda: None), torch.autocast("cpu", enabled=False)
+
+
 def breakdown(model, a, batch_size: int, naive_batch: int = 64, device="cpu") -> dict:
     import torch
     from _common import Timer
 
     from storm_st.data import prepare_slides
 
-    dev = torch.device(device)
+    dev, sync, amp = _device_tools(device)
     model = model.to(dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    # the same mixed precision as tl.embed on that device
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     T = Timer(sync=sync)
     with torch.no_grad(), amp:
         with T("prepare (windows, expression input)"):
@@ -182,17 +190,13 @@ def train_steps(model, a, windows: int = 8, contiguous: bool = False, steps: int
     ``contiguous``: the window layout of :class:`storm_st.data.WindowSampler` (random centres, or a
     contiguous region of centres whose windows share spots).
     """
-    import torch
 
     from storm_st.data import WindowSampler, prepare_slides
     from storm_st.train import StormPretraining
 
     cfg = model.config
     slides = prepare_slides(a, cfg, use_he=True, use_gene=True, cache_patches=cfg.image_size)
-    dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    # bf16 autocast on a GPU, as `storm-st pretrain` uses there (precision "bf16-mixed"); fp32 on the CPU
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    dev, sync, amp = _device_tools(device)
     module = StormPretraining(cfg.to_dict(), max_steps=steps, warmup_steps=1).to(dev)
     opt = module.configure_optimizers()["optimizer"]
     module.train()

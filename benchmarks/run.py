@@ -47,7 +47,8 @@ def parse(argv=None):
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="speed: slide sizes (spots)")
     ap.add_argument("--speed-base", default="C6", help="speed: slide tiled to the requested sizes")
     ap.add_argument("--device", default="cpu", help="speed: torch device of the measured calls (cpu, cuda)")
-    ap.add_argument("--speed-ops", nargs="+", default=None, help="speed: only these operations (default: all)")
+    ap.add_argument("--speed-ops", nargs="+", default=None, choices=["embed", "impute", "impute_tta", "breakdown", "train_step"],
+                    help="speed: only these operations (default: all)")
     ap.add_argument("--wait-model", type=float, default=0, help="domains: wait up to this many seconds for the checkpoint")
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--tag", default=None, help="results file tag (default: the suite)")
