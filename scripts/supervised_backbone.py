@@ -27,6 +27,7 @@ import torch
 import yaml
 
 import storm_st as st
+from storm_st._inference import D4, _d4
 from storm_st._utils import gene_pcc
 from storm_st.data import prepare_slides
 from storm_st.models import StormConfig
@@ -94,13 +95,10 @@ def predict(enc: HEEncoder, head: torch.nn.Linear, P: np.ndarray, mu, sd, batch_
     enc.eval()
     X = torch.from_numpy(P).permute(0, 3, 1, 2).float()
     out = np.zeros((len(X), head.out_features), dtype=np.float32)
-    for k in range(4):
-        for flip in (False, True):
-            for b in range(0, len(X), batch_size):
-                x = torch.rot90(X[b : b + batch_size], k, dims=(2, 3))
-                x = torch.flip(x, dims=(3,)) if flip else x
-                out[b : b + batch_size] += head(enc(x)).numpy()
-    return out / 8 * sd + mu
+    for k, flip in D4:
+        for b in range(0, len(X), batch_size):
+            out[b : b + batch_size] += head(enc(_d4(X[b : b + batch_size], k, flip))).numpy()
+    return out / len(D4) * sd + mu
 
 
 def main(argv=None) -> int:

@@ -237,11 +237,12 @@ def pretrain(
             default=str,
         )
     )
+    resuming = resume and last.is_file()
     training_kw = dict(cfg["training"])
-    if resume and last.is_file():  # the checkpoint holds the weights: the start file is not needed (nor read) again
+    if resuming:  # the checkpoint holds the weights: the start file is not needed (nor read) again
         training_kw["init_backbone"] = None
     module = StormPretraining(model_cfg.to_dict(), seed=int(tr["seed"]), **training_kw)
-    if resume and last.is_file():
+    if resuming:
         state = torch.load(last, map_location="cpu", weights_only=False)
         sampler.start = int(state.get("global_step", 0)) * acc
     loader = torch.utils.data.DataLoader(
@@ -263,7 +264,7 @@ def pretrain(
         use_distributed_sampler=False,
         deterministic=False,
     )
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if (resume and last.is_file()) else None)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if resuming else None)
     wall = time.time() - t0
     if trainer.is_global_zero:
         return export_run(out, module=module, wall_time_s=wall)
