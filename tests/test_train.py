@@ -284,3 +284,42 @@ def test_resume_does_not_need_the_backbone_start_file(tmp_path):
     start.unlink()
     assert main(["pretrain", "--config", str(path), "--resume"]) == 0
     assert from_pretrained(run / "model").extra["pretraining"]["steps"] == 4
+
+
+def test_sampler_draws_different_windows_on_each_ddp_process(monkeypatch):
+    import storm_st.data._dataset as ds
+
+    a = st.datasets.demo()
+    slides = prepare_slides(a, tiny_config(gene_vocab=["ERBB2"]), use_he=False, use_gene=True)
+    kw = {"windows": 4, "steps": 5, "patch_size": 32, "use_he": False, "seed": 1}
+    single = [b.centre_rows.tolist() for b in WindowSampler(slides, **kw)]
+    monkeypatch.setattr(ds, "_process_rank", lambda: 0, raising=False)
+    assert [b.centre_rows.tolist() for b in WindowSampler(slides, **kw)] == single  # rank 0 = a single-process run
+    monkeypatch.setattr(ds, "_process_rank", lambda: 1, raising=False)
+    rank1 = [b.centre_rows.tolist() for b in WindowSampler(slides, **kw)]
+    assert rank1 != single
+    assert [b.centre_rows.tolist() for b in WindowSampler(slides, **kw)] == rank1  # still a function of (seed, step)
+
+
+def test_pretrain_cli_ddp_on_two_cpu_processes(tmp_path):
+    """Lightning's DDP strategy (gloo, 2 CPU processes): trains, checkpoints and exports once, from rank 0."""
+    import subprocess
+    import sys
+
+    from storm_st.models import from_pretrained
+
+    st.datasets.demo().write_h5ad(tmp_path / "demo.h5ad")
+    cfg = yaml.safe_load(_write_cfg(tmp_path, tmp_path / "ddp", 2).read_text())
+    cfg["trainer"].update({"devices": 2, "strategy": "ddp"})
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run(
+        [sys.executable, "-m", "storm_st.cli", "pretrain", "--config", str(path)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    model = from_pretrained(tmp_path / "ddp" / "model")
+    assert model.extra["pretraining"]["world_size"] == 2
+    assert model.extra["pretraining"]["steps"] == 2
+    ck = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 2

@@ -313,6 +313,12 @@ def contiguous_rows(neighbors: np.ndarray, n_spots: int, rng: np.random.Generato
     return np.asarray(order[:n_spots])
 
 
+def _process_rank() -> int:
+    """Rank of this process in an initialised ``torch.distributed`` group (0 when not distributed)."""
+    dist = torch.distributed
+    return int(dist.get_rank()) if dist.is_available() and dist.is_initialized() else 0
+
+
 class WindowSampler(torch.utils.data.IterableDataset):
     """Random batches of windows: a slide (weighted by size), then ``windows`` centres in it; step ``i`` is a pure function of ``(seed, i)``.
 
@@ -321,6 +327,9 @@ class WindowSampler(torch.utils.data.IterableDataset):
     spots, so a batch of ``windows`` windows encodes about ``windows`` + a border of spots instead of
     up to 25 x ``windows`` (the backbone runs once per unique spot of the batch) -- several times
     more windows per second of training on a CPU.
+
+    Under DDP (``torch.distributed`` initialised, as Lightning does before iterating) each process draws
+    different windows for the same step, so ``n`` processes see ``n`` times the windows of one.
     """
 
     def __init__(
@@ -375,9 +384,11 @@ class WindowSampler(torch.utils.data.IterableDataset):
         wid = info.id if info is not None else 0
         p = self.slide_probabilities()
         n_workers = info.num_workers if info is not None else 1
+        rank = _process_rank()
         for step in range(self.start + wid, self.steps, n_workers):
-            # stateless in the step number, so a resumed run sees exactly the batches it would have seen
-            rng = np.random.default_rng([self.seed, step])
+            # stateless in the step number, so a resumed run sees exactly the batches it would have seen; under
+            # DDP every process draws its own windows (rank 0 draws those of a single-process run)
+            rng = np.random.default_rng([self.seed, step] if rank == 0 else [self.seed, step, rank])
             s = self.slides[rng.choice(len(self.slides), p=p)]
             if self.contiguous:
                 centres = contiguous_rows(s.neighbors, self.windows, rng)

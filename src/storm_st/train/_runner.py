@@ -267,14 +267,17 @@ def pretrain(
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if resuming else None)
     wall = time.time() - t0
     if trainer.is_global_zero:
-        return export_run(out, module=module, wall_time_s=wall)
+        return export_run(out, module=module, wall_time_s=wall, world_size=int(trainer.world_size))
     return out / "model"
 
 
-def export_run(run_dir: str | Path, *, module: Any = None, wall_time_s: float | None = None) -> Path:
+def export_run(
+    run_dir: str | Path, *, module: Any = None, wall_time_s: float | None = None, world_size: int | None = None
+) -> Path:
     """Export ``run_dir/model`` (safetensors + config.json) from a finished module or from ``checkpoints/last.ckpt``.
 
-    A run stopped early can be exported from its last periodic checkpoint.
+    A run stopped early can be exported from its last periodic checkpoint. ``world_size`` (number of training
+    processes, e.g. GPUs under DDP) is recorded with the steps and wall time when known.
     """
     import torch
 
@@ -297,6 +300,8 @@ def export_run(run_dir: str | Path, *, module: Any = None, wall_time_s: float | 
     model = module.model.cpu().eval()
     info = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
     info.update({"steps": step, "wall_time_s": None if wall_time_s is None else round(wall_time_s, 1)})
+    if world_size is not None:
+        info["world_size"] = world_size
     extra = {"pretraining": info}
     model.extra = extra
     save_pretrained(model, out / "model", extra=extra)
