@@ -50,6 +50,22 @@ def test_embed_and_impute_spatialdata(model_with_head):
     assert "X_storm" in sdata.tables[table_key].obsm
 
 
+def test_embed_warns_about_spots_with_almost_no_counts(model):
+    import warnings
+
+    a = synthetic_slide()
+    a.X = a.X.toarray()
+    a.X[3] = 0
+    a.X[3, 0] = 1  # one read: normalised, an extreme profile
+    with pytest.warns(UserWarning, match=r"1 of \d+ spots have fewer than 10 counts"):
+        st.tl.embed(a, model, modalities="st", show_progress=False)
+    b = a[np.asarray(a.X.sum(1)).ravel() >= 10].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        st.tl.embed(b, model, modalities="st", show_progress=False)
+        st.tl.embed(a, model, modalities="he", show_progress=False)  # expression unused: nothing to warn about
+
+
 def test_embed_bad_inputs_leave_object_untouched(model):
     a = synthetic_slide()
     a.X = a.X.toarray()

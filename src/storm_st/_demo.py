@@ -72,6 +72,9 @@ def run_demo(
     adata = st.datasets.demo()
     step(f"HER2ST C6: {adata.n_obs} spots x {adata.n_vars} genes, H&E at "
          f"{adata.uns['spatial'][adata.obs['library_id'].iloc[0]]['scalefactors']['microns_per_pixel']:.3f} µm/px")
+    n_raw = adata.n_obs
+    sc.pp.filter_cells(adata, min_counts=10)  # QC: a spot with one or two reads is an extreme profile
+    step(f"QC: kept {adata.n_obs} of {n_raw} spots with at least 10 counts")
     st.tl.embed(adata, model, device=device, show_progress=show_progress)
     st.tl.domains(adata, n_domains=n_domains)
     k = adata.obs["storm_domain"].nunique()

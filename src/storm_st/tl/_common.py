@@ -90,6 +90,30 @@ def resolve_modalities(
     return has_img, has_gene
 
 
+#: Spots with fewer total counts than this get a warning from ``tl.embed`` (expression path).
+LOW_COUNTS = 10
+
+
+def warn_low_count_spots(adata: AnnData, layer: str | None, threshold: int = LOW_COUNTS) -> None:
+    """Warn when some spots have almost no counts: normalised, one or two reads become an extreme profile."""
+    X = adata.layers[layer] if layer is not None else adata.X
+    if X is None or adata.n_vars == 0:
+        return
+    libs = np.asarray(X.sum(axis=1)).ravel()
+    low = int((libs < threshold).sum())
+    if low:
+        import warnings
+
+        warnings.warn(
+            f"{low} of {adata.n_obs} spots have fewer than {threshold} counts (minimum {libs.min():g}); after "
+            "library-size normalisation a spot with one or two reads is an extreme expression profile, and such "
+            "spots tend to form a domain of their own. Filter them first, e.g. "
+            f"sc.pp.filter_cells(adata, min_counts={threshold}), or embed with modalities='he'.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def model_hash(model: StormModel) -> str | None:
     """sha256 of the checkpoint the model was loaded from, if any."""
     return getattr(model, "checkpoint_sha256", None)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from storm_st._constants import Keys
 from storm_st._utils import get_adata
 
-from ._common import encode_adata, model_hash, resolve_modalities, resolve_model
+from ._common import encode_adata, model_hash, resolve_modalities, resolve_model, warn_low_count_spots
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -39,7 +39,9 @@ def embed(
     ----------
     adata
         AnnData in the scanpy/squidpy Visium layout (``obsm['spatial']``, ``uns['spatial']``), or a
-        SpatialData object (with ``table_key``). Raw counts in ``X`` (or ``layer``).
+        SpatialData object (with ``table_key``). Raw counts in ``X`` (or ``layer``). Filter spots with
+        almost no counts first (``sc.pp.filter_cells(adata, min_counts=10)``): when expression is used,
+        spots under 10 counts draw a warning, as their normalised profile is extreme.
     model
         A :class:`~storm_st.models.StormModel`, a checkpoint path, or ``None`` for the embedded default.
     modalities
@@ -80,6 +82,8 @@ def embed(
     ad = get_adata(adata, table_key)
     model = resolve_model(model)
     use_he, use_gene = resolve_modalities(ad, modalities, library_key, model)
+    if use_gene:
+        warn_low_count_spots(ad, layer)
     out = encode_adata(
         ad, model, use_he=use_he, use_gene=use_gene, library_key=library_key, layer=layer,
         batch_size=batch_size, device=device, tta=tta, show_progress=show_progress,
