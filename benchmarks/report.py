@@ -248,6 +248,9 @@ def section_expression(res, tag, out):
 
 @_section("Spatial domains")
 def section_domains(res, tag, out):
+    m = res.get("model") or {}
+    if m.get("name"):
+        out.append(f"- STORM model: `{m['name']}` (sha256 {str(m.get('sha256'))[:12]}…)\n")
     for s, info in res.get("slides", {}).items():
         img = f"image at {info.get('image_um_per_px')} µm/px" if info.get("has_image") else "no image"
         out.append(
