@@ -4,7 +4,7 @@
 
 OP: ``embed`` (tl.embed, modalities auto = he+st), ``impute`` (tl.impute_expression, tta=False),
 ``impute_tta`` (its default 8-fold test-time augmentation), ``train_step`` (pretraining optimizer steps of
-the model's architecture on the slide: 8 windows per batch as configs/default.yaml, H&E + ST, AdamW), ``breakdown`` (timers around patch reading / backbone / gene encoder / spatial encoder / head,
+the model's architecture on the slide: 8 random windows per batch as configs/previous_default.yaml, and 32 contiguous ones as configs/default.yaml; H&E + ST, AdamW), ``breakdown`` (timers around patch reading / backbone / gene encoder / spatial encoder / head,
 one pass, no TTA) plus one batch of the naive path that runs the backbone on all 25 patches of every window,
 ``embed_domains`` (tl.embed then tl.domains with 5 domains: the job the domain peers do), ``peer_input`` (writes
 the tiled slide with all genes, as the domain peers read it, to OUT with the suffix ``.h5ad``; not timed).
