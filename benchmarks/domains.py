@@ -14,7 +14,9 @@ from _common import RESULTS, read_slide
 
 log = logging.getLogger("bench")
 
-DEFAULT_SLIDES = ["dlpfc:151673", "A1"]
+# A1 is the brief's section; C1, D1, E1, F1 are the other labelled HER2ST sections (one section's ARI varies a lot
+# between models of similar quality, so the report also gives the mean over the labelled HER2ST sections)
+DEFAULT_SLIDES = ["dlpfc:151673", "A1", "C1", "D1", "E1", "F1"]
 PEERS = ["GraphST", "SpaGCN", "BANKSY", "CellCharter", "NOVAE", "STAGATE"]
 PEER_TIMEOUT_S = {"quick": 0, "full": 2400}  # GraphST on DLPFC takes ~30 min on 2 cores
 DROP_LABELS = {"undetermined", "nan", "none", ""}

@@ -170,3 +170,35 @@ def test_report_renders_speed_scaling_and_peer_speed(tmp_path, monkeypatch):
     assert "Device: **cuda** (Some GPU)" in gpu_md and "| GPU peak (MB) |" in gpu_md and "| 344 |" in gpu_md
     assert "embed 1,000: 100.0 → 1000.0 spots/s (x10)" in gpu_md and "impute 1,000" not in gpu_md  # no CPU row to compare
     assert "| GPU peak (MB) |" not in md.split(f"### Speed and memory ({tag}gpu)")[0]
+
+
+def test_report_domains_mean_over_her2st_sections(tmp_path, monkeypatch):
+    """Domain sections name the checkpoint and average ARI over the labelled HER2ST sections a method ran on."""
+    import report
+
+    env = {"command": "python benchmarks/run.py", "date": "d0", "date_end": "d1", "wall_s": 1.0, "status": "ok",
+           "machine": {}, "versions": {}, "task": "domains", "model": {"name": "default", "sha256": "abcdef0123456789"}}
+    slide = {"n_spots": 10, "n_dropped_unlabelled": 0, "K": 2, "labels_key": "label", "classes": ["a", "b"], "has_image": False}
+    metrics = dict.fromkeys(("NMI", "FMI", "HOM", "COM", "CHAOS", "PAS", "ASW"), 0.5)
+    rows = [
+        {"slide": "dlpfc:151673", "method": "STORM (st)", "status": "ok", "ARI": 0.9, **metrics},
+        {"slide": "A1", "method": "STORM (st)", "status": "ok", "ARI": 0.2, **metrics},
+        {"slide": "C1", "method": "STORM (st)", "status": "ok", "ARI": 0.4, **metrics},
+        {"slide": "A1", "method": "KMeans", "status": "ok", "ARI": 0.1, **metrics},
+        {"slide": "C1", "method": "KMeans", "status": "error: boom"},
+    ]
+    res_dir = tmp_path / "results"
+    res_dir.mkdir()
+    res = {**env, "slides": {"dlpfc:151673": slide, "A1": slide, "C1": slide}, "rows": rows}
+    (res_dir / "t_domains.json").write_text(json.dumps(res))
+    monkeypatch.setattr(report, "RESULTS", res_dir)
+    monkeypatch.setattr(report, "STATIC", tmp_path / "static")
+    report.render(tmp_path / "bench.md")
+    md = (tmp_path / "bench.md").read_text()
+    assert "- STORM model: `default` (sha256 abcdef012345…)" in md
+    assert "mean over the 2 (methods run on all of them)" in md
+    summary = md.split("mean over the 2 (methods run on all of them)")[1].split("\n\n")[1]
+    assert "| method | A1 | C1 | mean |" in summary
+    assert "| STORM (st) | 0.200 | 0.400 | 0.300 |" in summary  # dlpfc is not a HER2ST section: not in the mean
+    assert "KMeans" not in summary  # failed on C1: no mean
+    assert "HER2ST A1, C1 are among the default checkpoint's" in md
