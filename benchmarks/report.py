@@ -281,18 +281,17 @@ def section_domains(res, tag, out):
         body.append([r["slide"], r["method"]] + [(_f(r.get(k)) if ok else "–") for k in ("ARI", "NMI", "FMI", "HOM", "COM", "CHAOS", "PAS", "ASW")]
                     + [("ok" if ok else r.get("status", "")).replace("|", "/") + (f" ({r['seconds']} s)" if r.get("seconds") else "")])
     out.append("\n" + _table(hdr, body) + "\n")
-    her2 = [s for s in res.get("slides", {}) if not s.startswith("dlpfc")]
-    if len(her2) > 1:  # one section decides little: mean over the labelled HER2ST sections, per method
-        ok = [r for r in res["rows"] if r.get("status") == "ok" and r["slide"] in her2]
+    if len(her2st) > 1:  # one section decides little: mean over the labelled HER2ST sections, per method
+        ok = [r for r in res["rows"] if r.get("status") == "ok" and r["slide"] in her2st]
         methods = list(dict.fromkeys(r["method"] for r in ok))
         mrows = []
         for mth in methods:
             rr = {r["slide"]: r for r in ok if r["method"] == mth}
-            if len(rr) == len(her2):
-                mrows.append([mth] + [_f(rr[s]["ARI"]) for s in her2] + [_f(sum(rr[s]["ARI"] for s in her2) / len(her2))])
+            if len(rr) == len(her2st):
+                mrows.append([mth] + [_f(rr[s]["ARI"]) for s in her2st] + [_f(sum(rr[s]["ARI"] for s in her2st) / len(her2st))])
         if mrows:
-            out.append(f"\nARI per labelled HER2ST section and mean over the {len(her2)} (methods run on all of them):\n")
-            out.append("\n" + _table(["method"] + her2 + ["mean"], mrows) + "\n")
+            out.append(f"\nARI per labelled HER2ST section and mean over the {len(her2st)} (methods run on all of them):\n")
+            out.append("\n" + _table(["method"] + her2st + ["mean"], mrows) + "\n")
     sets = [f"{r['slide']} {r['method']}: {json.dumps(r['settings'])}" for r in res["rows"] if r.get("settings")]
     if sets:
         out.append("\nPeer settings: " + "; ".join(sets) + "\n")

@@ -114,8 +114,8 @@ def main() -> None:
     )
     lr, blr, ld = tcfg.get("lr"), tcfg.get("backbone_lr") or tcfg.get("lr"), tcfg.get("layer_decay")
     lr_note = (
-        "kept 10x below the spatial encoder's so that masked pretraining refines the supervised start instead of "
-        "overwriting it (design experiment 7 below)" if init else
+        f"the backbone's {lr / blr:g}x below the spatial encoder's, so that masked pretraining refines the supervised "
+        "start instead of overwriting it (design experiment 7 below)" if init else
         "higher than the paper's 1e-4 and λ = 0.7, which fit fine-tuning a pretrained H0-mini, not a random one"
     )
     init_note = (
