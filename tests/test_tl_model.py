@@ -59,6 +59,11 @@ def test_embed_warns_about_spots_with_almost_no_counts(model):
     a.X[3, 0] = 1  # one read: normalised, an extreme profile
     with pytest.warns(UserWarning, match=r"1 of \d+ spots have fewer than 10 counts"):
         st.tl.embed(a, model, modalities="st", show_progress=False)
+    c = a.copy()  # raw counts in layers['counts'] are what the expression input reads, whatever X holds
+    c.layers["counts"] = c.X.copy()
+    c.X = np.full(c.shape, 100.0, dtype=np.float32)
+    with pytest.warns(UserWarning, match=r"1 of \d+ spots have fewer than 10 counts"):
+        st.tl.embed(c, model, modalities="st", show_progress=False)
     b = a[np.asarray(a.X.sum(1)).ravel() >= 10].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)

@@ -293,9 +293,9 @@ def test_sampler_draws_different_windows_on_each_ddp_process(monkeypatch):
     slides = prepare_slides(a, tiny_config(gene_vocab=["ERBB2"]), use_he=False, use_gene=True)
     kw = {"windows": 4, "steps": 5, "patch_size": 32, "use_he": False, "seed": 1}
     single = [b.centre_rows.tolist() for b in WindowSampler(slides, **kw)]
-    monkeypatch.setattr(ds, "_process_rank", lambda: 0, raising=False)
+    monkeypatch.setattr(ds, "_process_rank", lambda: 0)
     assert [b.centre_rows.tolist() for b in WindowSampler(slides, **kw)] == single  # rank 0 = a single-process run
-    monkeypatch.setattr(ds, "_process_rank", lambda: 1, raising=False)
+    monkeypatch.setattr(ds, "_process_rank", lambda: 1)
     rank1 = [b.centre_rows.tolist() for b in WindowSampler(slides, **kw)]
     assert rank1 != single
     assert [b.centre_rows.tolist() for b in WindowSampler(slides, **kw)] == rank1  # still a function of (seed, step)

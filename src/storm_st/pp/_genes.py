@@ -132,6 +132,19 @@ def _counts_matrix(adata: AnnData, layer: str | None):
     return adata.X
 
 
+def expression_source(adata: AnnData, layer: str | None = None):
+    """The matrix the expression input is computed from, and whether it is already log-normalised.
+
+    ``layer``, else ``layers['counts']`` when present, else ``X``; ``X`` counts as log-normalised when
+    ``uns['log1p']`` says so, and a layer when storm_st's normalisation record names it.
+    """
+    X = _counts_matrix(adata, layer)
+    already_log = layer is None and Keys.COUNTS_LAYER not in adata.layers and ("log1p" in adata.uns)
+    if layer is not None and layer == adata.uns.get(Keys.NORMALIZATION, {}).get("layer"):
+        already_log = True
+    return X, already_log
+
+
 def log_normalize(X, target_sum: float = 1e4):
     """Library-size normalisation to ``target_sum`` then ``log1p``; dense float32 output."""
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
@@ -204,10 +217,7 @@ def expression_rows(
     adata: AnnData, alignment: GeneAlignment, *, layer: str | None = None, target_sum: float = 1e4, check: bool = True
 ) -> ExpressionRows:
     """:class:`ExpressionRows` of ``adata`` over ``alignment``: the lazy form of :func:`expression_input`."""
-    X = _counts_matrix(adata, layer)
-    already_log = layer is None and Keys.COUNTS_LAYER not in adata.layers and ("log1p" in adata.uns)
-    if layer is not None and layer == adata.uns.get(Keys.NORMALIZATION, {}).get("layer"):
-        already_log = True
+    X, already_log = expression_source(adata, layer)
     if check:
         check_counts(X, integer=not already_log, what=f"adata.layers[{layer!r}]" if layer else "adata.X")
     if sp.issparse(X):

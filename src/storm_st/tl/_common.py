@@ -95,9 +95,17 @@ LOW_COUNTS = 10
 
 
 def warn_low_count_spots(adata: AnnData, layer: str | None, threshold: int = LOW_COUNTS) -> None:
-    """Warn when some spots have almost no counts: normalised, one or two reads become an extreme profile."""
-    X = adata.layers[layer] if layer is not None else adata.X
-    if X is None or adata.n_vars == 0:
+    """Warn when some spots have almost no counts: normalised, one or two reads become an extreme profile.
+
+    Reads the matrix the expression input is built from (``pp._genes.expression_source``); data
+    already log-normalised have no library size to check.
+    """
+    from storm_st.pp._genes import expression_source
+
+    if adata.n_vars == 0:
+        return
+    X, already_log = expression_source(adata, layer)
+    if X is None or already_log:
         return
     libs = np.asarray(X.sum(axis=1)).ravel()
     low = int((libs < threshold).sum())
