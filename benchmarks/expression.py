@@ -104,7 +104,7 @@ def _spot_token_head(model, train, tokens_tr, tokens_te, genes, seed):
     m = copy.deepcopy(model)
     hist = fit_head(
         m, np.concatenate([x for per in tokens_tr for x in per]), np.concatenate(list(ys) * len(tokens_tr)),
-        np.concatenate(list(ms) * len(tokens_tr)), genes=genes, seed=seed,
+        np.concatenate(list(ms) * len(tokens_tr)), genes=genes, seed=seed, head_input="centre",
     )
     preds = []
     with torch.no_grad():

@@ -5,6 +5,7 @@ fine-tuning) were made on these numbers, and then measured once on C5/C6 by ``ru
 
     python benchmarks/validate.py cnn --fov 100 154 220 300 --epochs 30
     python benchmarks/validate.py storm --model default --finetune 0 30
+    python benchmarks/validate.py storm --model runs/val_supinit_lowlr/model --head-genes 50 --head-input centre centre+spot
 
 Prints the median gene-wise PCC over the top 50 seurat_v3 HVGs of C2 + C3, measured on C4.
 """
@@ -59,13 +60,16 @@ def storm(args) -> None:
 
         kw = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.ft_kw)}
         head.finetune_with_head = functools.partial(head.finetune_with_head, **kw)
-    for ft in args.finetune:
-        t0 = time.time()
-        m = st.tl.fit_expression_head(train, base, genes=genes, finetune_epochs=ft, seed=args.seed, show_progress=False)
-        v = val.copy()
-        out = st.tl.impute_expression(v, m, genes=genes50, key_added="virtual", show_progress=False)
-        r = st.tl.expression_pcc(v, out, genes=genes50)
-        print(f"storm {args.model} head_genes={args.head_genes} finetune_epochs={ft} {' '.join(args.ft_kw)}: median PCC {np.nanmedian(r):.4f} ({time.time() - t0:.0f} s)", flush=True)
+    for hi in args.head_input:
+        for ft in args.finetune:
+            t0 = time.time()
+            m = st.tl.fit_expression_head(
+                train, base, genes=genes, finetune_epochs=ft, seed=args.seed, head_input=hi, show_progress=False
+            )
+            v = val.copy()
+            out = st.tl.impute_expression(v, m, genes=genes50, key_added="virtual", show_progress=False)
+            r = st.tl.expression_pcc(v, out, genes=genes50)
+            print(f"storm {args.model} head_genes={args.head_genes} head_input={m.config.head_input} finetune_epochs={ft} {' '.join(args.ft_kw)}: median PCC {np.nanmedian(r):.4f} ({time.time() - t0:.0f} s)", flush=True)
 
 
 def main() -> None:
@@ -80,6 +84,7 @@ def main() -> None:
     s.add_argument("--ft-kw", nargs="*", default=[], help="finetune_with_head keyword overrides, KEY=JSON")
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--head-genes", type=int, default=500, help="genes of the expression head (top HVGs of C2 + C3)")
+    s.add_argument("--head-input", nargs="+", default=[None], help="what the head reads: centre, centre+spot, spot")
     for p in (c, s):
         p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

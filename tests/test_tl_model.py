@@ -158,3 +158,45 @@ def test_auto_drops_an_image_too_coarse_for_morphology(model):
     with pytest.warns(UserWarning, match="too coarse"):
         st.tl.embed(b, model, show_progress=False)
     assert b.uns["storm"]["modalities"] == "st"
+
+
+def test_head_reading_the_spot_token_beside_the_centre_embedding(model, tmp_path):
+    import torch
+
+    a = synthetic_slide()
+    m = st.tl.fit_expression_head(
+        [a], model, genes=GENES[:6], epochs=2, augment=False, head_input="centre+spot", show_progress=False
+    )
+    assert m.config.head_input == "centre+spot" and model.config.head_input == "centre"  # input model untouched
+    assert m.head[0].normalized_shape == (2 * m.config.hidden_dim,) and m.extra["head"]["head_input"] == "centre+spot"
+    v = st.tl.impute_expression(a, m, tta=False, show_progress=False)
+    # the head's input is [spatial-encoder output of the centre ; the centre's own H&E token]
+    from storm_st._inference import encode_slide
+    from storm_st.data import prepare_slides
+
+    (s,) = prepare_slides(a, m.config, use_he=True, use_gene=False)
+    enc = encode_slide(m.eval(), s, use_he=True, use_gene=False)
+    with torch.no_grad():
+        _, tok = m.encode_he(torch.from_numpy(s.read_patches(np.arange(s.n), m.config.image_size)).permute(0, 3, 1, 2))
+        np.testing.assert_allclose(enc.spot_token, tok.numpy(), atol=1e-5)
+        x = torch.from_numpy(np.concatenate([enc.embedding, enc.spot_token], axis=1))
+        ref = m.predict_expression(x).clamp_min(0).numpy()
+        # the token half matters: zeroing it changes the prediction
+        zeroed = m.predict_expression(torch.cat([x[:, : m.config.hidden_dim], torch.zeros_like(tok)], 1)).numpy()
+    np.testing.assert_allclose(np.asarray(v.X)[s.obs_indices], ref, atol=1e-4)
+    assert not np.allclose(zeroed, ref.clip(min=0), atol=1e-4)
+    # saved and loaded with its head input; a fresh head keeps it unless told otherwise
+    st.models.save_pretrained(m, tmp_path / "ck")
+    m2 = st.load_model(tmp_path / "ck")
+    assert m2.config.head_input == "centre+spot"
+    np.testing.assert_allclose(np.asarray(st.tl.impute_expression(a, m2, tta=False, show_progress=False).X), v.X, atol=1e-5)
+    # whole-network fine-tuning trains through the same input
+    ft = st.tl.fit_expression_head(
+        [a], model, genes=GENES[:6], epochs=1, augment=False, head_input="centre+spot", finetune_epochs=1,
+        show_progress=False,
+    )
+    assert np.isfinite(ft.extra["head"]["finetune_loss"]).all()
+    with pytest.raises(ValueError, match="head_input must be one of"):
+        st.tl.fit_expression_head([a], model, genes=GENES[:6], head_input="spot", show_progress=False)
+    with pytest.raises(ValueError, match="head_input must be one of"):
+        st.models.StormConfig(head_input="neighbours")

@@ -31,11 +31,15 @@ class SlideEncoding:
         ``(n, C)`` H&E backbone features (or ``None``).
     gene_tokens
         ``(n, h)`` gene-encoder tokens (or ``None``).
+    spot_token
+        ``(n, h)`` each spot's own input token before the spatial encoder (mean over the modalities
+        fed); with :attr:`embedding` what the expression head may read (``StormModel.head_features``).
     """
 
     embedding: np.ndarray
     he_features: np.ndarray | None
     gene_tokens: np.ndarray | None
+    spot_token: np.ndarray | None = None
 
 
 @torch.no_grad()
@@ -121,4 +125,5 @@ def encode_slide(
         if emb is None:
             emb = np.empty((n, e.shape[1]), dtype=np.float32)
         emb[s : s + len(e)] = e.float().cpu().numpy()
-    return SlideEncoding(emb, he_feats, gene_toks)
+    spot = sum(t for t in tables.values()) / len(tables)
+    return SlideEncoding(emb, he_feats, gene_toks, spot.float().cpu().numpy())

@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
+#: what the expression head can read (see ``StormConfig.head_input``)
+HEAD_INPUTS = ("centre", "centre+spot", "spot")
+
+
 @dataclass
 class StormConfig:
     """Architecture, gene vocabulary and image geometry of a STORM model.
@@ -53,6 +57,12 @@ class StormConfig:
         Output genes of the expression head (empty: no head).
     head_hidden
         Hidden width of the expression head MLP.
+    head_input
+        What the expression head reads: ``"centre"`` (the paper's choice: the spatial encoder's
+        output for the centre spot, the embedding of :func:`storm_st.tl.embed`) or
+        ``"centre+spot"`` (that output concatenated with the centre spot's own input token, a skip
+        connection around the spatial encoder, so the head sees the spot and its context side by side),
+        or ``"spot"`` (the spot's own token alone: no spatial context, the ablation of the benchmarks).
     name
         Free-form model name recorded in provenance.
     """
@@ -78,9 +88,12 @@ class StormConfig:
     decoder_depth: int = 2
     head_genes: list[str] = field(default_factory=list)
     head_hidden: int = 512
+    head_input: str = "centre"
     name: str = "storm"
 
     def __post_init__(self):
+        if self.head_input not in HEAD_INPUTS:
+            raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {self.head_input!r}.")
         key = self.gene_obsm_key
         if self.gene_input != "expression" and not key:
             raise ValueError(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from ._config import StormConfig
+from ._config import HEAD_INPUTS, StormConfig
 from ._layers import MoMEBlock, alibi_slopes, attention_mask, init_weights
 
 HE, GENE = "he", "gene"
@@ -166,9 +167,10 @@ class StormModel(nn.Module):
 
     def _make_head(self, n_genes: int) -> nn.Module:
         c = self.config
+        d = c.hidden_dim * (2 if c.head_input == "centre+spot" else 1)
         head = nn.Sequential(
-            nn.LayerNorm(c.hidden_dim),
-            nn.Linear(c.hidden_dim, c.head_hidden),
+            nn.LayerNorm(d),
+            nn.Linear(d, c.head_hidden),
             nn.GELU(),
             nn.Dropout(c.dropout),
             nn.Linear(c.head_hidden, n_genes),
@@ -176,10 +178,29 @@ class StormModel(nn.Module):
         init_weights(head)
         return head
 
-    def set_head(self, genes: list[str]) -> None:
-        """Attach a fresh expression head predicting ``genes``."""
+    def set_head(self, genes: list[str], head_input: str | None = None) -> None:
+        """Attach a fresh expression head predicting ``genes``, reading ``head_input`` (default: unchanged)."""
+        if head_input is not None:
+            if head_input not in HEAD_INPUTS:
+                raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {head_input!r}.")
+            self.config.head_input = head_input
         self.config.head_genes = [str(g) for g in genes]
         self.head = self._make_head(len(genes)) if genes else None
+
+    def head_features(self, embedding, spot_token, head_input: str | None = None):
+        """What the expression head reads (``head_input``, default ``config.head_input``) from centre embeddings
+        ``(N, h)`` and the centre spots' own input tokens ``(N, h)`` (numpy arrays or tensors, returned as the
+        same kind)."""
+        head_input = head_input or self.config.head_input
+        if head_input == "centre":
+            return embedding
+        if spot_token is None:
+            raise ValueError(f"This model's head reads the spot tokens (head_input={head_input!r}); none were given.")
+        if head_input == "spot":
+            return spot_token
+        if isinstance(embedding, torch.Tensor):
+            return torch.cat([embedding, spot_token.to(embedding)], dim=-1)
+        return np.concatenate([embedding, spot_token], axis=-1)
 
     # ------------------------------------------------------------------ spot level
     def encode_he(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,7 +298,7 @@ class StormModel(nn.Module):
         return self.centre_embedding(wt, self.spatial_encode(wt))
 
     def predict_expression(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Expression head on centre-spot embeddings (log-normalised expression of ``head_genes``)."""
+        """Expression head (log-normalised expression of ``head_genes``) on :meth:`head_features`."""
         if self.head is None:
             raise ValueError(
                 "This model has no expression head. Fit one with storm_st.tl.fit_expression_head(adatas, model=...)."

@@ -160,7 +160,9 @@ def encode_adata(
                     progress=bar.update,
                 )
                 acc = enc if acc is None else _add(acc, enc)
-            parts = {"embedding": acc.embedding, "he": acc.he_features, "gene": acc.gene_tokens}
+            parts = {
+                "embedding": acc.embedding, "he": acc.he_features, "gene": acc.gene_tokens, "spot_token": acc.spot_token,
+            }
             whole = len(slides) == 1 and np.array_equal(slide.obs_indices, np.arange(adata.n_obs))
             for k, v in parts.items():
                 if v is None:
@@ -186,4 +188,6 @@ def _add(a, b):
     a.embedding += b.embedding  # accumulated in place: ``a`` is the running sum owned by the caller
     if a.he_features is not None:
         a.he_features += b.he_features
+    if a.spot_token is not None:
+        a.spot_token += b.spot_token
     return a

@@ -45,6 +45,7 @@ def fit_expression_head(
     device: str | None = None,
     seed: int = 0,
     finetune_epochs: int = 0,
+    head_input: str | None = None,
     show_progress: bool = True,
 ) -> StormModel:
     """Fit STORM's expression head on paired H&E + ST slides (the encoder stays frozen).
@@ -81,6 +82,11 @@ def fit_expression_head(
         After fitting the head on the frozen encoder (as in the paper), fine-tune the whole network
         (backbone, spatial encoder, head) for this many passes over the slides with augmentation
         (0 = off). Useful for small models pretrained on few slides.
+    head_input
+        What the head reads: ``"centre"`` (the spatial encoder's output for the centre spot, as in the
+        paper), ``"centre+spot"`` (that output next to the spot's own H&E token, a skip connection
+        around the spatial encoder) or ``"spot"`` (the spot's own H&E token alone, no spatial context);
+        default the model's ``config.head_input``.
     show_progress
         Progress bar while embedding.
 
@@ -104,6 +110,10 @@ def fit_expression_head(
         raise ValueError("genes is empty: give at least one gene to predict.")
     embs, ys, ms = [], [], []
     transforms = D4 if augment else [(0, False)]
+    reader = _copy.deepcopy(base.config)
+    if head_input is not None:
+        reader.head_input = head_input
+        reader.__post_init__()  # validates the choice before any encoding
     from storm_st._inference import encode_slide
     from storm_st.data import prepare_slides
 
@@ -119,17 +129,19 @@ def fit_expression_head(
             a, base.config, use_he=True, use_gene=False, library_key=library_key, cache_patches=cache
         )
         prepared.append((slides, y, m))
+        width = base.config.hidden_dim * (2 if reader.head_input == "centre+spot" else 1)
         for t in transforms:
-            e = np.zeros((a.n_obs, base.config.hidden_dim), dtype=np.float32)
+            e = np.zeros((a.n_obs, width), dtype=np.float32)
             for s in slides:
-                e[s.obs_indices] = encode_slide(base, s, use_he=True, use_gene=False, device=dev, d4=t).embedding
+                enc = encode_slide(base, s, use_he=True, use_gene=False, device=dev, d4=t)
+                e[s.obs_indices] = base.head_features(enc.embedding, enc.spot_token, reader.head_input)
             embs.append(e)
             ys.append(y)
             ms.append(m)
     model_out = _copy.deepcopy(base).cpu()
     hist = fit_head(
         model_out, np.concatenate(embs), np.concatenate(ys), np.concatenate(ms), genes=genes, epochs=epochs, lr=lr,
-        batch_size=batch_size, l1=l1, l2=l2, seed=seed, device=dev,
+        batch_size=batch_size, l1=l1, l2=l2, seed=seed, device=dev, head_input=reader.head_input,
     )
     ft_hist: list[float] = []
     if finetune_epochs > 0:
@@ -146,6 +158,7 @@ def fit_expression_head(
     model_out.extra = dict(getattr(base, "extra", {}) or {})
     model_out.extra["head"] = {
         "n_genes": len(genes),
+        "head_input": reader.head_input,
         "n_spots": int(sum(a.n_obs for a in adatas)),
         "epochs": epochs,
         "lr": lr,
@@ -244,7 +257,7 @@ def impute_expression(
     pred = np.empty((len(out["embedding"]), len(cols)), dtype=np.float32)
     with torch.no_grad():
         dev = next(model.parameters()).device
-        emb = torch.from_numpy(out["embedding"])
+        emb = torch.from_numpy(model.head_features(out["embedding"], out.get("spot_token")))
         idx = torch.as_tensor(cols, device=dev)
         for s in range(0, len(emb), 4096):
             block = model.predict_expression(emb[s : s + 4096].to(dev)).float()

@@ -26,6 +26,7 @@ def fit_head(
     l2: float = 1.0,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    head_input: str | None = None,
 ) -> list[float]:
     """Train a fresh expression head of ``model`` on ``(embeddings, targets)``; the encoder is untouched.
 
@@ -34,7 +35,8 @@ def fit_head(
     model
         Model whose head is replaced (in place).
     embeddings
-        ``(N, h)`` centre-spot embeddings.
+        ``(N, d)`` what the head reads (``StormModel.head_features``: centre-spot embeddings, with the
+        spot tokens beside them when ``head_input`` is ``"centre+spot"``).
     targets
         ``(N, G)`` log-normalised expression.
     mask
@@ -49,14 +51,21 @@ def fit_head(
         Seed of the initialisation and shuffling.
     device
         Torch device.
+    head_input
+        ``config.head_input`` of the new head (default: the model's).
 
     Returns
     -------
     Mean training loss per epoch.
     """
     torch.manual_seed(seed)
-    model.set_head(list(genes))
+    model.set_head(list(genes), head_input=head_input)
     head = model.head.to(device)
+    if head[0].normalized_shape[0] != embeddings.shape[1]:
+        raise ValueError(
+            f"The head reads {head[0].normalized_shape[0]}-d inputs (head_input={model.config.head_input!r}) but the "
+            f"embeddings are {embeddings.shape[1]}-d."
+        )
     head.train()
     X = torch.as_tensor(embeddings, dtype=torch.float32)
     Y = torch.as_tensor(targets, dtype=torch.float32)
@@ -196,7 +205,7 @@ def finetune_with_head(
             _, tok = model.encode_he(x)
             avail = {"he": torch.ones(len(rows), dtype=torch.bool, device=device)}
             emb = model({"he": tok}, avail, torch.from_numpy(nb).to(device), torch.from_numpy(rp).to(device))
-            pred = model.predict_expression(emb)
+            pred = model.predict_expression(model.head_features(emb, tok))
             y = torch.from_numpy(targets[i][rows]).to(device)
             m = torch.from_numpy(masks[i][rows]).to(device)
             loss = expression_loss(pred, y, m, l1, l2)
