@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-
 #: what the expression head can read (see ``StormConfig.head_input``)
 HEAD_INPUTS = ("centre", "centre+spot", "spot")
 

@@ -188,9 +188,11 @@ class StormModel(nn.Module):
         self.head = self._make_head(len(genes)) if genes else None
 
     def head_features(self, embedding, spot_token, head_input: str | None = None):
-        """What the expression head reads (``head_input``, default ``config.head_input``) from centre embeddings
-        ``(N, h)`` and the centre spots' own input tokens ``(N, h)`` (numpy arrays or tensors, returned as the
-        same kind)."""
+        """What the expression head reads (``head_input``, default ``config.head_input``).
+
+        From centre embeddings ``(N, h)`` and the centre spots' own input tokens ``(N, h)`` (numpy arrays
+        or tensors, returned as the same kind).
+        """
         head_input = head_input or self.config.head_input
         if head_input == "centre":
             return embedding
