@@ -262,22 +262,24 @@ def run(args, suite: str) -> dict:
                         method_info[f"{label} [{n}]"] = {"head": m.extra.get("head", {}), "n_head_genes": len(shipped)}
                     else:
                         notes.append(f"{label}: its head lacks some of the top {n} genes; row skipped for that set")
-        label = f"{tag} + expression head"
-        try:
-            for n in gene_sets:  # one head per gene set, as the ridge probe and the CNN
-                t = time.perf_counter()
-                mh = st.tl.fit_expression_head(
-                    train, m, genes=hvg[:n], seed=args.seed, finetune_epochs=args.finetune_epochs, show_progress=False
-                )
-                timings[f"{tag}: fit_expression_head ({n} genes)"] = time.perf_counter() - t
-                t = time.perf_counter()
-                preds.setdefault(label, {})[n] = _impute(mh, test, hvg[:n])
-                timings[f"{tag}: impute_expression ({n} genes)"] = time.perf_counter() - t
-                method_info[f"{label} [{n}]"] = {"head": mh.extra.get("head", {}), "n_head_genes": n}
-        except Exception as e:
-            preds.pop(label, None)
-            notes.append(f"{tag} + expression head failed: {type(e).__name__}: {e}")
-            log.exception("head failed")
+        for hi in args.head_inputs:  # what the head reads: the paper's centre embedding, and the skip readout
+            label = f"{tag} + expression head" + ("" if hi == "centre" else f" (reads {hi})")
+            try:
+                for n in gene_sets:  # one head per gene set, as the ridge probe and the CNN
+                    t = time.perf_counter()
+                    mh = st.tl.fit_expression_head(
+                        train, m, genes=hvg[:n], seed=args.seed, finetune_epochs=args.finetune_epochs, head_input=hi,
+                        show_progress=False,
+                    )
+                    timings[f"{tag}: fit_expression_head ({hi}, {n} genes)"] = time.perf_counter() - t
+                    t = time.perf_counter()
+                    preds.setdefault(label, {})[n] = _impute(mh, test, hvg[:n])
+                    timings[f"{tag}: impute_expression ({hi}, {n} genes)"] = time.perf_counter() - t
+                    method_info[f"{label} [{n}]"] = {"head": mh.extra.get("head", {}), "n_head_genes": n}
+            except Exception as e:
+                preds.pop(label, None)
+                notes.append(f"{label} failed: {type(e).__name__}: {e}")
+                log.exception("head failed")
 
     # ---- (e) floor: random ViT-S/16 + ridge
     t = time.perf_counter()
@@ -339,6 +341,7 @@ def run(args, suite: str) -> dict:
         "gene_sets": {str(n): sets[n] for n in gene_sets},
         "head_genes": "one head per gene set",
         "finetune_epochs": args.finetune_epochs,
+        "head_inputs": list(args.head_inputs),
         "model": model_info,
         "rows": rows,
         "method_info": method_info,

@@ -178,7 +178,10 @@ def section_expression(res, tag, out):
            f"(package defaults otherwise: 10 epochs on the frozen encoder, D4 augmentation), predicted with "
            f"`tl.impute_expression` (8-fold TTA, default). The same call on the randomly initialised model gives the "
            f"*random-init + expression head* row. *Spot tokens (no spatial encoder) + expression head*: the same head, "
-           f"loss, epochs, D4 copies and TTA on each spot's own H&E token, bypassing the spatial encoder. *As shipped*: "
+           f"loss, epochs, D4 copies and TTA on each spot's own H&E token, bypassing the spatial encoder. *(reads "
+           f"centre+spot)*: `fit_expression_head(head_input='centre+spot')`, the head reads the spatial encoder's output "
+           f"and the spot's own H&E token side by side (a skip connection around the spatial encoder); rows without it "
+           f"read the centre output alone, as in the paper. *As shipped*: "
            f"`tl.impute_expression` with the checkpoint's own head, fitted when the checkpoint was built on the same "
            f"training slides, restricted to the top-N genes.\n"
            if not isinstance(res.get("head_genes"), int) else
@@ -228,10 +231,13 @@ def section_expression(res, tag, out):
             f"{v['patch_px']} px at {v['fov_um']} µm field of view, batch {v['batch_size']}, AdamW lr {v['lr']}, "
             f"final train MSE {v['loss'][-1] if v['loss'] else '–'}.\n"
         )
-    heads = {k: v for k, v in res.get("method_info", {}).items() if k.endswith("expression head")}
+    heads = {k: v for k, v in res.get("method_info", {}).items() if "expression head" in k and v.get("head")}
     for k, v in heads.items():
-        h = v.get("head", {})
-        out.append(f"- {k}: {h.get('epochs')} epochs on {h.get('n_spots')} spots x 8 symmetries; loss {h.get('loss')}.\n")
+        h = v["head"]
+        out.append(
+            f"- {k}: reads {h.get('head_input', 'centre')}, {h.get('epochs')} epochs on {h.get('n_spots')} spots x 8 "
+            f"symmetries; loss {h.get('loss')}.\n"
+        )
     out.append("\n**PyPI peers (H&E → expression)** — checked with `pip download --no-deps NAME`; none runs offline here:\n")
     for name, why in res.get("pypi_peers", []):
         out.append(f"- {name}: {why}.\n")

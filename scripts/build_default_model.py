@@ -3,6 +3,9 @@
     storm-st pretrain --config configs/default.yaml            # -> runs/default
     python scripts/build_default_model.py --run runs/default    # -> src/storm_st/models/_weights/default
 
+``--encoder PATH`` refits only the head on the encoder of an existing checkpoint (e.g. the shipped one, to
+change ``--head-input``); the loss figure is then redrawn only if the run's log is still there.
+
 Fits the expression head on the H&E + ST training sections (HER2ST C2-C4; never C5/C6) for the
 1,000 most variable genes of those sections, stores the weights in float16 (safetensors + sha256),
 and writes docs/pretraining.md with the loss curves, wall time and hardware.
@@ -38,6 +41,12 @@ CONTIGUOUS_NOTE = """- **Contiguous window batches** and **patches of one pitch*
   more windows per second than random centres and was the largest gain found on validation (below).
 """
 TRAIN = ["C2", "C3", "C4"]
+HEAD_READS = {
+    "centre": "the spatial encoder's output for the centre spot (as in the paper)",
+    "centre+spot": "the spatial encoder's output for the centre spot and the spot's own H&E token side by side "
+    "(design experiment 10)",
+    "spot": "the spot's own H&E token only",
+}
 
 
 def machine() -> str:
@@ -58,6 +67,9 @@ def main() -> None:
     ap.add_argument("--run", default="runs/default")
     ap.add_argument("--n-genes", type=int, default=1000)
     ap.add_argument("--finetune-epochs", type=int, default=0, help="fit_expression_head(finetune_epochs=...)")
+    ap.add_argument("--head-input", default="centre", choices=["centre", "centre+spot", "spot"],
+                    help="fit_expression_head(head_input=...): what the head reads")
+    ap.add_argument("--encoder", default=None, help="refit the head on this checkpoint's encoder instead of --run's")
     ap.add_argument("--out", default=str(ROOT / "src/storm_st/models/_weights/default"))
     ap.add_argument("--docs-only", action="store_true", help="rewrite docs/pretraining.md from the checkpoint at --out")
     args = ap.parse_args()
@@ -66,15 +78,22 @@ def main() -> None:
         model = from_pretrained(args.out)
         head_s = float(model.extra["head"]["wall_time_s"])
         args.finetune_epochs = int(model.extra["head"].get("finetune_epochs", 0))
+        args.head_input = model.config.head_input
         out = Path(args.out)
     else:
-        if not (run / "model" / "config.json").is_file():
-            export_run(run)  # a run stopped before the end: export its last checkpoint
-        model = from_pretrained(run / "model")
+        if args.encoder:
+            model = from_pretrained(args.encoder)
+        else:
+            if not (run / "model" / "config.json").is_file():
+                export_run(run)  # a run stopped before the end: export its last checkpoint
+            model = from_pretrained(run / "model")
         t0 = time.time()
         train = [st.datasets.her2st(s) for s in TRAIN]
         genes = st.pp.select_hvgs(train, args.n_genes)
-        model = st.tl.fit_expression_head(train, model, genes=genes, finetune_epochs=args.finetune_epochs, show_progress=False)
+        model = st.tl.fit_expression_head(
+            train, model, genes=genes, finetune_epochs=args.finetune_epochs, head_input=args.head_input,
+            show_progress=False,
+        )
         head_s = time.time() - t0
         model.extra["head"]["slides"] = TRAIN
         model.extra["head"]["wall_time_s"] = round(head_s, 1)
@@ -84,18 +103,24 @@ def main() -> None:
     print(f"default checkpoint: {out} ({size:.1f} MiB)")
 
     # ---- docs/pretraining.md: loss curves + facts of the run
-    metrics = pd.read_csv(run / "logs" / "version_0" / "metrics.csv")
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    for key, a in (("train/loss_st", ax[0]), ("train/loss_he", ax[1])):
-        d = metrics[["step", key]].dropna()
-        a.plot(d["step"], d[key], lw=0.8, alpha=0.5)
-        a.plot(d["step"], d[key].rolling(10, min_periods=1).mean(), lw=2)
-        a.set_xlabel("optimizer step")
-        a.set_title({"train/loss_st": "ST: Gaussian NLL (masked spots)", "train/loss_he": "H&E: EMA-feature MSE/2 (masked)"}[key])
-    fig.tight_layout()
     static = ROOT / "docs" / "_static"
     static.mkdir(parents=True, exist_ok=True)
-    fig.savefig(static / "pretraining_loss.png", dpi=110)
+    log = run / "logs" / "version_0" / "metrics.csv"
+    if log.is_file():
+        metrics = pd.read_csv(log)
+        fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+        for key, a in (("train/loss_st", ax[0]), ("train/loss_he", ax[1])):
+            d = metrics[["step", key]].dropna()
+            a.plot(d["step"], d[key], lw=0.8, alpha=0.5)
+            a.plot(d["step"], d[key].rolling(10, min_periods=1).mean(), lw=2)
+            a.set_xlabel("optimizer step")
+            a.set_title({"train/loss_st": "ST: Gaussian NLL (masked spots)", "train/loss_he": "H&E: EMA-feature MSE/2 (masked)"}[key])
+        fig.tight_layout()
+        fig.savefig(static / "pretraining_loss.png", dpi=110)
+    elif not (static / "pretraining_loss.png").is_file():
+        raise FileNotFoundError(f"No pretraining log at {log} and no loss figure in {static} to keep.")
+    else:
+        print(f"{log} not found: docs/_static/pretraining_loss.png kept as it is")
     info = model.extra.get("pretraining", {})
     cfg = info.get("config", {})
     tcfg = cfg.get("training", {})
@@ -136,7 +161,7 @@ this machine: **{model.extra['machine']}**.
 
 ```bash
 {sup_cmd}storm-st pretrain --config configs/default.yaml
-python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}
+python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}{f' --head-input {args.head_input}' if args.head_input != 'centre' else ''}
 ```
 
 | | |
@@ -149,7 +174,7 @@ python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {a
 | spatial encoder | {model.config.depth} blocks, width {model.config.hidden_dim}, {model.config.num_heads} heads, MoME FFNs, 2-D ALiBi |
 | optimizer steps | {info.get('steps')} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}{', centres drawn as a contiguous region' if cfg.get('data', {}).get('contiguous') else ', random centres'}) |
 | pretraining wall time | {info.get('wall_time_s') or 'see the log'} s on the CPU above, shared with other work |
-| expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
+| expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), reads {HEAD_READS[model.config.head_input]}, 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
 | checkpoint | float16 safetensors + config.json with sha256, {size:.1f} MiB |
 
 ![pretraining loss](_static/pretraining_loss.png)

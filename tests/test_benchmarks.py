@@ -58,7 +58,7 @@ def test_quick_expression_tiny(tmp_path, shared_data):
         res = json.loads(res_file.read_text())
         assert res["status"] == "ok"
         methods = {r["method"] for r in res["rows"]}
-        assert any(m.startswith("STORM + expression head") for m in methods)
+        assert "STORM + expression head" in methods and "STORM + expression head (reads centre+spot)" in methods
         assert "STORM spot tokens (no spatial encoder) + expression head" in methods
         assert "training-slide mean (constant)" in methods
         mean_row = next(r for r in res["rows"] if r["method"] == "training-slide mean (constant)")

@@ -197,6 +197,19 @@ def test_head_reading_the_spot_token_beside_the_centre_embedding(model, tmp_path
     )
     assert np.isfinite(ft.extra["head"]["finetune_loss"]).all()
     with pytest.raises(ValueError, match="head_input must be one of"):
-        st.tl.fit_expression_head([a], model, genes=GENES[:6], head_input="spot", show_progress=False)
+        st.tl.fit_expression_head([a], model, genes=GENES[:6], head_input="context", show_progress=False)
     with pytest.raises(ValueError, match="head_input must be one of"):
         st.models.StormConfig(head_input="neighbours")
+
+
+def test_head_reading_the_spot_token_alone_ignores_the_spatial_encoder(model):
+    import torch
+
+    a = synthetic_slide()
+    m = st.tl.fit_expression_head([a], model, genes=GENES[:4], epochs=1, augment=False, head_input="spot", show_progress=False)
+    before = np.asarray(st.tl.impute_expression(a, m, tta=False, show_progress=False).X)
+    with torch.no_grad():
+        for p in m.blocks.parameters():
+            p.add_(torch.randn_like(p))
+    after = np.asarray(st.tl.impute_expression(a, m, tta=False, show_progress=False).X)
+    np.testing.assert_allclose(after, before, atol=1e-5)
