@@ -323,3 +323,26 @@ def test_pretrain_cli_ddp_on_two_cpu_processes(tmp_path):
     assert model.extra["pretraining"]["steps"] == 2
     ck = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ck["global_step"] == 2
+
+
+def test_he_to_st_term_supervises_the_encoder_outputs_of_he_only_windows():
+    a = st.datasets.demo()
+    genes = st.pp.select_hvgs(a, 20)
+    cfg = tiny_config(gene_vocab=genes)
+    slides = prepare_slides(a, cfg, use_he=True, use_gene=True, cache_patches=32)
+    batch = next(iter(WindowSampler(slides, windows=6, steps=1, patch_size=32)))
+    assert StormPretraining(cfg.to_dict()).st_probe is None  # off by default: nothing added
+    torch.manual_seed(0)
+    m = StormPretraining(cfg.to_dict(), he_to_st_weight=0.5, p_he_only=1.0).eval()
+    torch.manual_seed(1)
+    out = m.compute_loss(batch, train=False)
+    assert torch.isfinite(out["loss_he_to_st"])
+    assert "loss_he" not in out  # every H&E token is visible in an H&E-only window
+    assert float(out["loss"]) == pytest.approx(float(out["loss_st"] + 0.5 * out["loss_he_to_st"]), rel=1e-5)
+    m.zero_grad()
+    out["loss_he_to_st"].backward()  # the term reaches the spatial encoder, not the masked decoders
+    assert sum(float(p.grad.abs().sum()) for p in m.model.blocks.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.st_decoder.parameters())
+    torch.manual_seed(1)
+    none = StormPretraining(cfg.to_dict(), he_to_st_weight=0.5, p_he_only=0.0).eval().compute_loss(batch, train=False)
+    assert "loss_he_to_st" not in none  # only H&E-only windows carry it

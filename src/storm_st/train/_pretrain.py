@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from storm_st.data import SpotBatch
 from storm_st.models import StormConfig, StormModel
@@ -65,6 +66,11 @@ class StormPretraining(L.LightningModule):
         ST reconstruction loss: ``"gaussian"`` (negative log-likelihood with a predicted per-gene variance,
         the default) or ``"l1l2"`` (eq. 4's ``|y - ŷ| + (y - ŷ)²``, every gene weighted equally, so
         noisy, variable genes cannot be down-weighted by a large predicted variance).
+    he_to_st_weight
+        Weight of an auxiliary loss on the H&E-only windows (0 = off): each H&E token's *encoder* output
+        predicts its own spot's expression through a linear probe (discarded after pretraining), with the
+        ST loss above. The masked decoders can mix neighbours themselves; this term asks the spatial
+        encoder's per-spot outputs -- what the expression head reads -- to carry context-aware expression.
     crop_scale, jitter
         H&E augmentation strengths.
     init_backbone
@@ -91,6 +97,7 @@ class StormPretraining(L.LightningModule):
         he_loss_weight: float = 1.0,
         st_loss_weight: float = 1.0,
         st_loss: str = "gaussian",
+        he_to_st_weight: float = 0.0,
         crop_scale: tuple[float, float] = (0.5, 1.0),
         jitter: float = 0.1,
         init_backbone: str | None = None,
@@ -110,6 +117,9 @@ class StormPretraining(L.LightningModule):
         self.teacher = copy.deepcopy(self.model.he_encoder).requires_grad_(False)
         self.he_decoder = MaskedDecoder(h, cfg.decoder_dim, cfg.decoder_depth, self.model.he_encoder.out_dim)
         self.st_decoder = MaskedDecoder(h, cfg.decoder_dim, cfg.decoder_depth, 2 * max(len(cfg.gene_vocab), 1))
+        self.st_probe = None
+        if he_to_st_weight > 0:
+            self.st_probe = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, 2 * max(len(cfg.gene_vocab), 1)))
         self._micro = 0  # micro-batches since the last optimizer step (gradient accumulation)
 
     # ---------------------------------------------------------------- helpers
@@ -136,6 +146,11 @@ class StormPretraining(L.LightningModule):
             available["gene"] = batch.has_gene
         return tables, available, target
 
+    def _st_loss(self, mean, logvar, target, weight):
+        if self.hparams.get("st_loss", "gaussian") == "l1l2":
+            return expression_loss(mean, target, weight)
+        return gaussian_nll(mean, logvar, target, weight)
+
     def compute_loss(self, batch: SpotBatch, train: bool = True) -> dict[str, torch.Tensor]:
         """Masked reconstruction losses of one batch."""
         tables, available, he_target = self._tables(batch, train)
@@ -148,6 +163,7 @@ class StormPretraining(L.LightningModule):
         n_vis = self.hparams.n_visible
         he_vis = sample_visible(he_here, n_vis)
         st_vis = sample_visible(st_here, n_vis)
+        he_only = None
         if "he" in tables and "gene" in tables and self.hparams.p_he_only > 0:
             he_only = (torch.rand(B, device=wi.device) < self.hparams.p_he_only)[:, None]
             he_vis = torch.where(he_only, he_here, he_vis)
@@ -173,12 +189,17 @@ class StormPretraining(L.LightningModule):
                 mean, logvar = pred[..., :V], pred[..., V:]
                 target = batch.expr[idx]
                 weight = q[..., None] & batch.present[idx]
-                if self.hparams.get("st_loss", "gaussian") == "l1l2":
-                    out["loss_st"] = expression_loss(mean, target, weight)
-                else:
-                    out["loss_st"] = gaussian_nll(mean, logvar, target, weight)
+                out["loss_st"] = self._st_loss(mean, logvar, target, weight)
                 out["mse_st"] = (((mean - target) ** 2) * weight).sum() / weight.sum().clamp_min(1)
                 total = total + self.hparams.st_loss_weight * out["loss_st"]
+        if self.st_probe is not None and he_only is not None:
+            q = he_only & he_here & st_here  # H&E-only windows: every H&E token predicts its own spot's ST
+            if q.any():
+                pred = self.st_probe(enc[:, wt.segment("he")]).float()
+                V = pred.shape[-1] // 2
+                weight = q[..., None] & batch.present[idx]
+                out["loss_he_to_st"] = self._st_loss(pred[..., :V], pred[..., V:], batch.expr[idx], weight)
+                total = total + self.hparams.he_to_st_weight * out["loss_he_to_st"]
         out["loss"] = total
         return out
 
@@ -212,7 +233,9 @@ class StormPretraining(L.LightningModule):
         groups = self.model.backbone_param_groups(bb_lr, hp.weight_decay, hp.layer_decay)
         bb_ids = {id(p) for p in self.model.he_encoder.parameters()}
         rest_decay, rest_no = [], []
-        for mod in (self.model, self.he_decoder, self.st_decoder):
+        for mod in (self.model, self.he_decoder, self.st_decoder, self.st_probe):
+            if mod is None:
+                continue
             for n, p in mod.named_parameters():
                 if id(p) in bb_ids or not p.requires_grad:
                     continue

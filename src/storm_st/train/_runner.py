@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
         "max_steps": 2000,
         "ema_momentum": 0.996,
         "st_loss": "gaussian",
+        "he_to_st_weight": 0.0,
         "crop_scale": [0.5, 1.0],
         "jitter": 0.1,
         "init_backbone": None,
