@@ -71,7 +71,7 @@ def _fig_expression(res, tag):
     fig.tight_layout()
     path = STATIC / f"{tag}_expression_pcc.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # long method names stay readable
     plt.close(fig)
     return path
 
@@ -178,10 +178,12 @@ def section_expression(res, tag, out):
            f"(package defaults otherwise: 10 epochs on the frozen encoder, D4 augmentation), predicted with "
            f"`tl.impute_expression` (8-fold TTA, default). The same call on the randomly initialised model gives the "
            f"*random-init + expression head* row. *Spot tokens (no spatial encoder) + expression head*: the same head, "
-           f"loss, epochs, D4 copies and TTA on each spot's own H&E token, bypassing the spatial encoder. *(reads "
-           f"centre+spot)*: `fit_expression_head(head_input='centre+spot')`, the head reads the spatial encoder's output "
-           f"and the spot's own H&E token side by side (a skip connection around the spatial encoder); rows without it "
-           f"read the centre output alone, as in the paper. *As shipped*: "
+           f"loss, epochs, D4 copies and TTA on each spot's own H&E token, bypassing the spatial encoder. "
+           + ("*(reads centre+spot)*: `fit_expression_head(head_input='centre+spot')`, the head reads the spatial "
+              "encoder's output and the spot's own H&E token side by side (a skip connection around the spatial "
+              "encoder); rows without it read the centre output alone, as in the paper. "
+              if "centre+spot" in res.get("head_inputs", []) else "")
+           + "*As shipped*: "
            f"`tl.impute_expression` with the checkpoint's own head, fitted when the checkpoint was built on the same "
            f"training slides, restricted to the top-N genes.\n"
            if not isinstance(res.get("head_genes"), int) else
