@@ -72,7 +72,6 @@ def _impute(model, adatas, genes):
 
 def _spot_tokens(model, adatas, transforms):
     """Each spot's own H&E token (backbone + projection, no spatial encoder), per D4 transform: ``[t][slide]``."""
-    import torch
 
     from storm_st._inference import encode_slide
     from storm_st.data import prepare_slides
@@ -82,9 +81,7 @@ def _spot_tokens(model, adatas, transforms):
     for i, a in enumerate(adatas):
         for s in prepare_slides(a, model.config, use_he=True, use_gene=False):  # once per slide, not per transform
             for j, t in enumerate(transforms):
-                with torch.no_grad():
-                    f = encode_slide(model, s, use_he=True, use_gene=False, d4=t).he_features
-                    out[j][i][s.obs_indices] = model.he_proj(torch.from_numpy(f)).numpy()
+                out[j][i][s.obs_indices] = encode_slide(model, s, use_he=True, use_gene=False, d4=t).spot_token
     return out
 
 

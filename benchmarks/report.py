@@ -184,8 +184,8 @@ def section_expression(res, tag, out):
               "encoder); rows without it read the centre output alone, as in the paper. "
               if "centre+spot" in res.get("head_inputs", []) else "")
            + "*As shipped*: "
-           f"`tl.impute_expression` with the checkpoint's own head, fitted when the checkpoint was built on the same "
-           f"training slides, restricted to the top-N genes.\n"
+           "`tl.impute_expression` with the checkpoint's own head, fitted when the checkpoint was built on the same "
+           "training slides, restricted to the top-N genes.\n"
            if not isinstance(res.get("head_genes"), int) else
            f"`tl.fit_expression_head(..., genes=top {res['head_genes']})` (package defaults: 10 epochs, D4 augmentation), "
            f"predicted with `tl.impute_expression` (8-fold TTA, default); the top-50 rows use the first 50 outputs of that head.\n")
