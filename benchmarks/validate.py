@@ -6,6 +6,7 @@ fine-tuning) were made on these numbers, and then measured once on C5/C6 by ``ru
     python benchmarks/validate.py cnn --fov 100 154 220 300 --epochs 30
     python benchmarks/validate.py storm --model default --finetune 0 30
     python benchmarks/validate.py storm --model runs/val_supinit_lowlr/model --head-genes 50 --head-input centre centre+spot
+    python benchmarks/validate.py decoder --ckpt runs/val_supinit_lowlr/checkpoints/last.ckpt
 
 Prints the median gene-wise PCC over the top 50 seurat_v3 HVGs of C2 + C3, measured on C4.
 """
@@ -72,6 +73,44 @@ def storm(args) -> None:
             print(f"storm {args.model} head_genes={args.head_genes} head_input={m.config.head_input} finetune_epochs={ft} {' '.join(args.ft_kw)}: median PCC {np.nanmedian(r):.4f} ({time.time() - t0:.0f} s)", flush=True)
 
 
+def decoder(args) -> None:
+    """The pretraining run's masked ST decoder as a predictor: H&E-only windows of C4, every slot queried."""
+    from storm_st._inference import D4, encode_slide
+    from storm_st.data import prepare_slides
+    from storm_st.train._pretrain import StormPretraining
+
+    state = torch.load(args.ckpt, map_location="cpu", weights_only=False)  # our own training checkpoint
+    module = StormPretraining(**{**state["hyper_parameters"], "init_backbone": None})
+    module.load_state_dict(state["state_dict"])
+    module.eval()
+    m = module.model
+    train, val = _data()
+    genes = st.pp.select_hvgs(train, 50)
+    vocab = [g.upper() for g in m.config.gene_vocab]
+    cols = [(j, vocab.index(g)) for j, g in enumerate(genes) if g in vocab]
+    Y = st.pp.expression_input(val, st.pp.align_genes(val, genes))
+    (s,) = prepare_slides(val, m.config, use_he=True, use_gene=False)
+    nb, rp = torch.from_numpy(s.neighbors), torch.from_numpy(s.rel_pos)
+    centre = every = 0.0
+    for t in D4 if args.tta else [(0, False)]:
+        tok = torch.from_numpy(encode_slide(m, s, use_he=True, use_gene=False, d4=t).spot_token)
+        with torch.no_grad():
+            wt = m.build_tokens({"he": tok}, {"he": torch.ones(s.n, dtype=torch.bool)}, nb, rp)
+            pred = module.st_decoder(m.spatial_encode(wt), wt, rp, nb >= 0).float()
+        mean = pred[..., : pred.shape[-1] // 2].numpy()
+        centre = centre + mean[:, 0]
+        acc, cnt = np.zeros((s.n, mean.shape[-1])), np.zeros(s.n)  # every window holding a spot predicts it
+        for k in range(nb.shape[1]):
+            ok = s.neighbors[:, k] >= 0
+            np.add.at(acc, s.neighbors[ok, k], mean[ok, k])
+            np.add.at(cnt, s.neighbors[ok, k], 1)
+        every = every + acc / cnt[:, None]
+    Yo = Y[s.obs_indices]
+    for name, P in (("centre slot", centre), ("every slot", every)):
+        r = [np.corrcoef(P[:, v], Yo[:, j])[0, 1] for j, v in cols]
+        print(f"decoder {args.ckpt} {name} tta={args.tta}: median PCC {np.nanmedian(r):.4f} over {len(cols)} of 50 genes in its vocabulary", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -85,11 +124,14 @@ def main() -> None:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--head-genes", type=int, default=500, help="genes of the expression head (top HVGs of C2 + C3)")
     s.add_argument("--head-input", nargs="+", default=[None], help="what the head reads: centre, centre+spot, spot")
+    d = sub.add_parser("decoder")
+    d.add_argument("--ckpt", required=True, help="a pretraining run's checkpoints/last.ckpt")
+    d.add_argument("--tta", action="store_true")
     for p in (c, s):
         p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(getattr(args, "threads", 2))
-    {"cnn": cnn, "storm": storm}[args.what](args)
+    {"cnn": cnn, "storm": storm, "decoder": decoder}[args.what](args)
 
 
 if __name__ == "__main__":
