@@ -110,10 +110,11 @@ def fit_expression_head(
         raise ValueError("genes is empty: give at least one gene to predict.")
     embs, ys, ms = [], [], []
     transforms = D4 if augment else [(0, False)]
-    reader = _copy.deepcopy(base.config)
-    if head_input is not None:
-        reader.head_input = head_input
-        reader.__post_init__()  # validates the choice before any encoding
+    from storm_st.models._config import HEAD_INPUTS
+
+    head_input = head_input or base.config.head_input
+    if head_input not in HEAD_INPUTS:  # checked before any encoding
+        raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {head_input!r}.")
     from storm_st._inference import encode_slide
     from storm_st.data import prepare_slides
 
@@ -129,19 +130,19 @@ def fit_expression_head(
             a, base.config, use_he=True, use_gene=False, library_key=library_key, cache_patches=cache
         )
         prepared.append((slides, y, m))
-        width = base.config.hidden_dim * (2 if reader.head_input == "centre+spot" else 1)
+        width = base.config.hidden_dim * (2 if head_input == "centre+spot" else 1)
         for t in transforms:
             e = np.zeros((a.n_obs, width), dtype=np.float32)
             for s in slides:
                 enc = encode_slide(base, s, use_he=True, use_gene=False, device=dev, d4=t)
-                e[s.obs_indices] = base.head_features(enc.embedding, enc.spot_token, reader.head_input)
+                e[s.obs_indices] = base.head_features(enc.embedding, enc.spot_token, head_input)
             embs.append(e)
             ys.append(y)
             ms.append(m)
     model_out = _copy.deepcopy(base).cpu()
     hist = fit_head(
         model_out, np.concatenate(embs), np.concatenate(ys), np.concatenate(ms), genes=genes, epochs=epochs, lr=lr,
-        batch_size=batch_size, l1=l1, l2=l2, seed=seed, device=dev, head_input=reader.head_input,
+        batch_size=batch_size, l1=l1, l2=l2, seed=seed, device=dev, head_input=head_input,
     )
     ft_hist: list[float] = []
     if finetune_epochs > 0:
@@ -158,7 +159,7 @@ def fit_expression_head(
     model_out.extra = dict(getattr(base, "extra", {}) or {})
     model_out.extra["head"] = {
         "n_genes": len(genes),
-        "head_input": reader.head_input,
+        "head_input": head_input,
         "n_spots": int(sum(a.n_obs for a in adatas)),
         "epochs": epochs,
         "lr": lr,
