@@ -9,6 +9,13 @@ from typing import Any
 HEAD_INPUTS = ("centre", "centre+spot", "spot")
 
 
+def check_head_input(value: str) -> str:
+    """``value`` if it is one of :data:`HEAD_INPUTS`, else a clear error."""
+    if value not in HEAD_INPUTS:
+        raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {value!r}.")
+    return value
+
+
 @dataclass
 class StormConfig:
     """Architecture, gene vocabulary and image geometry of a STORM model.
@@ -91,8 +98,7 @@ class StormConfig:
     name: str = "storm"
 
     def __post_init__(self):
-        if self.head_input not in HEAD_INPUTS:
-            raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {self.head_input!r}.")
+        check_head_input(self.head_input)
         key = self.gene_obsm_key
         if self.gene_input != "expression" and not key:
             raise ValueError(

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._config import HEAD_INPUTS, StormConfig
+from ._config import StormConfig, check_head_input
 from ._layers import MoMEBlock, alibi_slopes, attention_mask, init_weights
 
 HE, GENE = "he", "gene"
@@ -181,9 +181,7 @@ class StormModel(nn.Module):
     def set_head(self, genes: list[str], head_input: str | None = None) -> None:
         """Attach a fresh expression head predicting ``genes``, reading ``head_input`` (default: unchanged)."""
         if head_input is not None:
-            if head_input not in HEAD_INPUTS:
-                raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {head_input!r}.")
-            self.config.head_input = head_input
+            self.config.head_input = check_head_input(head_input)
         self.config.head_genes = [str(g) for g in genes]
         self.head = self._make_head(len(genes)) if genes else None
 

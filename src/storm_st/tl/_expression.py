@@ -110,11 +110,9 @@ def fit_expression_head(
         raise ValueError("genes is empty: give at least one gene to predict.")
     embs, ys, ms = [], [], []
     transforms = D4 if augment else [(0, False)]
-    from storm_st.models._config import HEAD_INPUTS
+    from storm_st.models._config import check_head_input
 
-    head_input = head_input or base.config.head_input
-    if head_input not in HEAD_INPUTS:  # checked before any encoding
-        raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {head_input!r}.")
+    head_input = check_head_input(head_input or base.config.head_input)  # before any encoding
     from storm_st._inference import encode_slide
     from storm_st.data import prepare_slides
 
