@@ -141,7 +141,7 @@ def breakdown(model, a, batch_size: int, naive_batch: int = 64, device="cpu") ->
         emb = torch.cat(embs)
         with T("expression head"):
             if model.head is not None:
-                model.predict_expression(model.head_features(emb, (tables["he"] + tables["gene"]) / 2))
+                model.predict_expression(model.head_features(emb, model.spot_tokens(tables)))
         # naive path: one batch of windows, backbone on every (valid) window member, then the spatial encoder
         B = min(naive_batch, s.n)
         w = s.neighbors[:B]

@@ -125,5 +125,4 @@ def encode_slide(
         if emb is None:
             emb = np.empty((n, e.shape[1]), dtype=np.float32)
         emb[s : s + len(e)] = e.float().cpu().numpy()
-    spot = sum(t for t in tables.values()) / len(tables)
-    return SlideEncoding(emb, he_feats, gene_toks, spot.float().cpu().numpy())
+    return SlideEncoding(emb, he_feats, gene_toks, model.spot_tokens(tables).float().cpu().numpy())

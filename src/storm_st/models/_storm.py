@@ -165,9 +165,14 @@ class StormModel(nn.Module):
         for p in self.modality_embed.values():
             nn.init.trunc_normal_(p, std=0.02)
 
+    def head_in_dim(self, head_input: str | None = None) -> int:
+        """Width of what the expression head reads for ``head_input`` (default ``config.head_input``)."""
+        head_input = check_head_input(head_input or self.config.head_input)
+        return self.config.hidden_dim * (2 if head_input == "centre+spot" else 1)
+
     def _make_head(self, n_genes: int) -> nn.Module:
         c = self.config
-        d = c.hidden_dim * (2 if c.head_input == "centre+spot" else 1)
+        d = self.head_in_dim()
         head = nn.Sequential(
             nn.LayerNorm(d),
             nn.Linear(d, c.head_hidden),
@@ -184,6 +189,11 @@ class StormModel(nn.Module):
             self.config.head_input = check_head_input(head_input)
         self.config.head_genes = [str(g) for g in genes]
         self.head = self._make_head(len(genes)) if genes else None
+
+    @staticmethod
+    def spot_tokens(tables: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each spot's own input token: the mean of its token tables over the modalities fed."""
+        return sum(t for t in tables.values()) / len(tables)
 
     def head_features(self, embedding, spot_token, head_input: str | None = None):
         """What the expression head reads (``head_input``, default ``config.head_input``).

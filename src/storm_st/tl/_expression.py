@@ -128,7 +128,7 @@ def fit_expression_head(
             a, base.config, use_he=True, use_gene=False, library_key=library_key, cache_patches=cache
         )
         prepared.append((slides, y, m))
-        width = base.config.hidden_dim * (2 if head_input == "centre+spot" else 1)
+        width = base.head_in_dim(head_input)
         for t in transforms:
             e = np.zeros((a.n_obs, width), dtype=np.float32)
             for s in slides:
