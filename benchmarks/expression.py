@@ -259,19 +259,26 @@ def run(args, suite: str) -> dict:
                         method_info[f"{label} [{n}]"] = {"head": m.extra.get("head", {}), "n_head_genes": len(shipped)}
                     else:
                         notes.append(f"{label}: its head lacks some of the top {n} genes; row skipped for that set")
-        for hi in args.head_inputs:  # what the head reads: the paper's centre embedding, and the skip readout
+        # what the head reads (the paper's centre embedding, the skip readout), and the centre head with the
+        # spatial encoder tuned alongside it (fit_expression_head(encoder_epochs=...))
+        variants = [(hi, 0) for hi in args.head_inputs]
+        if getattr(args, "encoder_epochs", 0) > 0:
+            variants.append(("centre", args.encoder_epochs))
+        for hi, ee in variants:
             label = f"{tag} + expression head" + ("" if hi == "centre" else f" (reads {hi})")
+            label += f" (encoder tuned, {ee} epochs)" if ee else ""
+            what = f"{hi}{f', encoder {ee} ep' if ee else ''}"
             try:
                 for n in gene_sets:  # one head per gene set, as the ridge probe and the CNN
                     t = time.perf_counter()
                     mh = st.tl.fit_expression_head(
                         train, m, genes=hvg[:n], seed=args.seed, finetune_epochs=args.finetune_epochs, head_input=hi,
-                        show_progress=False,
+                        encoder_epochs=ee, show_progress=False,
                     )
-                    timings[f"{tag}: fit_expression_head ({hi}, {n} genes)"] = time.perf_counter() - t
+                    timings[f"{tag}: fit_expression_head ({what}, {n} genes)"] = time.perf_counter() - t
                     t = time.perf_counter()
                     preds.setdefault(label, {})[n] = _impute(mh, test, hvg[:n])
-                    timings[f"{tag}: impute_expression ({hi}, {n} genes)"] = time.perf_counter() - t
+                    timings[f"{tag}: impute_expression ({what}, {n} genes)"] = time.perf_counter() - t
                     method_info[f"{label} [{n}]"] = {"head": mh.extra.get("head", {}), "n_head_genes": n}
             except Exception as e:
                 preds.pop(label, None)
@@ -339,6 +346,7 @@ def run(args, suite: str) -> dict:
         "head_genes": "one head per gene set",
         "finetune_epochs": args.finetune_epochs,
         "head_inputs": list(args.head_inputs),
+        "encoder_epochs": getattr(args, "encoder_epochs", 0),
         "model": model_info,
         "rows": rows,
         "method_info": method_info,

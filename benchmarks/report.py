@@ -183,6 +183,11 @@ def section_expression(res, tag, out):
               "encoder's output and the spot's own H&E token side by side (a skip connection around the spatial "
               "encoder); rows without it read the centre output alone, as in the paper. "
               if "centre+spot" in res.get("head_inputs", []) else "")
+           + (f"*(encoder tuned, {res['encoder_epochs']} epochs)*: `fit_expression_head(encoder_epochs="
+              f"{res['encoder_epochs']})`, after the frozen-encoder head the spatial encoder is trained together with the "
+              "head on the backbone's frozen spot tokens (8 flips / rotations), then predicts as usual; the random-init "
+              "row of it tunes the random encoder the same way. "
+              if res.get("encoder_epochs") else "")
            + "*As shipped*: "
            "`tl.impute_expression` with the checkpoint's own head, fitted when the checkpoint was built on the same "
            "training slides, restricted to the top-N genes.\n"
@@ -238,7 +243,10 @@ def section_expression(res, tag, out):
         h = v["head"]
         out.append(
             f"- {k}: reads {h.get('head_input', 'centre')}, {h.get('epochs')} epochs on {h.get('n_spots')} spots x 8 "
-            f"symmetries; loss {h.get('loss')}.\n"
+            f"symmetries; loss {h.get('loss')}"
+            + (f"; then spatial encoder + head {h['encoder_epochs']} epochs (encoder lr {h.get('encoder_lr')}), loss "
+               f"{h.get('encoder_loss')}" if h.get("encoder_epochs") else "")
+            + ".\n"
         )
     out.append("\n**PyPI peers (H&E → expression)** — checked with `pip download --no-deps NAME`; none runs offline here:\n")
     for name, why in res.get("pypi_peers", []):

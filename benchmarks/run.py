@@ -42,6 +42,9 @@ def parse(argv=None):
     ap.add_argument("--finetune-epochs", type=int, default=0, help="STORM heads: fit_expression_head(finetune_epochs=...)")
     ap.add_argument("--head-inputs", nargs="+", default=["centre", "centre+spot"], choices=["centre", "centre+spot", "spot"],
                     help="STORM heads: what the head reads (one row each; tl.fit_expression_head(head_input=...))")
+    ap.add_argument("--encoder-epochs", type=int, default=10,
+                    help="STORM heads: one more row per model, the centre-reading head fitted with "
+                         "tl.fit_expression_head(encoder_epochs=N) (spatial encoder tuned with the head; 0 = no such row)")
     ap.add_argument("--stnet-budget", type=float, default=None, help="ST-Net: total training seconds over the gene sets")
     ap.add_argument("--domain-slides", nargs="+", default=None)
     ap.add_argument("--peers", nargs="*", default=None, help="domain peers to run in the full suite (default all; speed_peers: BANKSY CellCharter SpaGCN NOVAE)")

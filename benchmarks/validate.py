@@ -6,6 +6,7 @@ fine-tuning) were made on these numbers, and then measured once on C5/C6 by ``ru
     python benchmarks/validate.py cnn --fov 100 154 220 300 --epochs 30
     python benchmarks/validate.py storm --model default --finetune 0 30
     python benchmarks/validate.py storm --model runs/val_supinit_lowlr/model --head-genes 50 --head-input centre centre+spot
+    python benchmarks/validate.py storm --model runs/val_supinit_lowlr/model --head-genes 50 --encoder-epochs 0 10
     python benchmarks/validate.py decoder --ckpt runs/val_supinit_lowlr/checkpoints/last.ckpt
 
 Prints the median gene-wise PCC over the top 50 seurat_v3 HVGs of C2 + C3, measured on C4.
@@ -61,16 +62,19 @@ def storm(args) -> None:
 
         kw = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.ft_kw)}
         head.finetune_with_head = functools.partial(head.finetune_with_head, **kw)
-    for hi in args.head_input:
+    for hi, ee in [(h, e) for h in args.head_input for e in args.encoder_epochs]:
         for ft in args.finetune:
             t0 = time.time()
             m = st.tl.fit_expression_head(
-                train, base, genes=genes, finetune_epochs=ft, seed=args.seed, head_input=hi, show_progress=False
+                train, base, genes=genes, finetune_epochs=ft, seed=args.seed, head_input=hi, encoder_epochs=ee,
+                show_progress=False,
             )
             v = val.copy()
             out = st.tl.impute_expression(v, m, genes=genes50, key_added="virtual", show_progress=False)
             r = st.tl.expression_pcc(v, out, genes=genes50)
-            print(f"storm {args.model} head_genes={args.head_genes} head_input={m.config.head_input} finetune_epochs={ft} {' '.join(args.ft_kw)}: median PCC {np.nanmedian(r):.4f} ({time.time() - t0:.0f} s)", flush=True)
+            if args.save:  # e.g. to run the domain task on the tuned encoder
+                st.models.save_pretrained(m, args.save)
+            print(f"storm {args.model} head_genes={args.head_genes} head_input={m.config.head_input} encoder_epochs={ee} finetune_epochs={ft} {' '.join(args.ft_kw)}: median PCC {np.nanmedian(r):.4f} ({time.time() - t0:.0f} s)", flush=True)
 
 
 def decoder(args) -> None:
@@ -124,6 +128,8 @@ def main() -> None:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--head-genes", type=int, default=500, help="genes of the expression head (top HVGs of C2 + C3)")
     s.add_argument("--head-input", nargs="+", default=[None], help="what the head reads: centre, centre+spot, spot")
+    s.add_argument("--save", default=None, help="save the (last) fitted model to this folder")
+    s.add_argument("--encoder-epochs", type=int, nargs="+", default=[0], help="fit_expression_head(encoder_epochs=...)")
     d = sub.add_parser("decoder")
     d.add_argument("--ckpt", required=True, help="a pretraining run's checkpoints/last.ckpt")
     d.add_argument("--tta", action="store_true")

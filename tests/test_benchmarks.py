@@ -48,7 +48,7 @@ def test_quick_expression_tiny(tmp_path, shared_data):
     tag = "pytest_smoke"
     cmd = [
         sys.executable, str(ROOT / "benchmarks" / "run.py"), "--suite", "quick", "--train", "C2", "--test",
-        "--gene-sets", "10", "--stnet-epochs", "1", "--model", "storm-small", "--tasks", "expression",
+        "--gene-sets", "10", "--stnet-epochs", "1", "--encoder-epochs", "1", "--model", "storm-small", "--tasks", "expression",
         "--tag", tag, "--out", str(tmp_path / "bench.md"), "--data", str(shared_data),
     ]
     res_file = ROOT / "benchmarks" / "results" / f"{tag}_expression.json"
@@ -60,6 +60,7 @@ def test_quick_expression_tiny(tmp_path, shared_data):
         methods = {r["method"] for r in res["rows"]}
         assert "STORM + expression head" in methods and "STORM + expression head (reads centre+spot)" in methods
         assert "STORM spot tokens (no spatial encoder) + expression head" in methods
+        assert "STORM + expression head (encoder tuned, 1 epochs)" in methods
         assert "training-slide mean (constant)" in methods
         mean_row = next(r for r in res["rows"] if r["method"] == "training-slide mean (constant)")
         assert mean_row["pcc_median"] != mean_row["pcc_median"]  # NaN, reported honestly

@@ -213,3 +213,39 @@ def test_head_reading_the_spot_token_alone_ignores_the_spatial_encoder(model):
             p.add_(torch.randn_like(p))
     after = np.asarray(st.tl.impute_expression(a, m, tta=False, show_progress=False).X)
     np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_tuning_the_spatial_encoder_with_the_head(model):
+    import torch
+
+    from storm_st.tl._expression import _targets
+
+    a = synthetic_slide()
+    genes = GENES[:6]
+    kw = {"genes": genes, "epochs": 2, "augment": False, "seed": 0, "show_progress": False}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = st.tl.fit_expression_head([a], model, **kw)
+    tuned = st.tl.fit_expression_head([a], model, encoder_epochs=5, encoder_lr=1e-3, **kw)
+    info = tuned.extra["head"]
+    assert info["encoder_epochs"] == 5 and len(info["encoder_loss"]) == 5 and np.isfinite(info["encoder_loss"]).all()
+    assert frozen.extra["head"]["encoder_loss"] == []
+    ref = dict(model.named_parameters())
+    for name, p in tuned.named_parameters():
+        same = torch.equal(p, ref[name]) if name in ref else True
+        if name.startswith(("he_encoder.", "he_proj.", "gene_encoder.")) or ".experts.gene." in name or name == "modality_embed.gene":
+            assert same, f"{name} changed, but only the spatial encoder's H&E path and the head are trained"
+        elif name.startswith("blocks.") and ".experts.gene." not in name:
+            assert not same, f"{name} was not trained"
+    # the input model is untouched, and the tuned encoder fits the training spots better than the frozen one
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    y, m = _targets(a, genes, None)
+
+    def loss(mdl):
+        v = np.asarray(st.tl.impute_expression(a, mdl, tta=False, show_progress=False)[:, genes].X)
+        return float(np.mean(np.abs(v - y)[m] + ((v - y) ** 2)[m]))
+
+    assert loss(tuned) < loss(frozen)
+    with pytest.raises(ValueError, match="head_input='spot'"):
+        st.tl.fit_expression_head([a], model, genes=genes, head_input="spot", encoder_epochs=1, show_progress=False)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        st.tl.fit_expression_head([a], model, genes=genes, encoder_epochs=-1, show_progress=False)

@@ -46,9 +46,11 @@ def fit_expression_head(
     seed: int = 0,
     finetune_epochs: int = 0,
     head_input: str | None = None,
+    encoder_epochs: int = 0,
+    encoder_lr: float = 1e-4,
     show_progress: bool = True,
 ) -> StormModel:
-    """Fit STORM's expression head on paired H&E + ST slides (the encoder stays frozen).
+    """Fit STORM's expression head on paired H&E + ST slides (the encoder frozen, unless asked otherwise).
 
     Each training spot is embedded from H&E alone (its 5 x 5 window), as at prediction time, and an
     MLP head is trained to predict library-size-normalised log expression with the loss of eq. 4,
@@ -87,6 +89,15 @@ def fit_expression_head(
         paper), ``"centre+spot"`` (that output next to the spot's own H&E token, a skip connection
         around the spatial encoder) or ``"spot"`` (the spot's own H&E token alone, no spatial context);
         default the model's ``config.head_input``.
+    encoder_epochs
+        After fitting the head on the frozen encoder, train the spatial encoder together with the head
+        for this many passes over the (augmented) training spots, the backbone frozen: the spot tokens
+        are computed once, so this costs little more than the head itself (0 = off, the paper's frozen
+        encoder). It lets the encoder learn what a spot's neighbours say about its expression, which
+        masked pretraining does not ask of it. Changes every H&E embedding of the returned model (the
+        expression-only path keeps its gene FFN experts but shares attention with H&E).
+    encoder_lr
+        Learning rate of the spatial encoder in that stage (the head keeps ``lr``).
     show_progress
         Progress bar while embedding.
 
@@ -113,12 +124,20 @@ def fit_expression_head(
     from storm_st.models._config import check_head_input
 
     head_input = check_head_input(head_input or base.config.head_input)  # before any encoding
+    if encoder_epochs < 0 or finetune_epochs < 0:
+        raise ValueError(f"encoder_epochs and finetune_epochs must be >= 0, got {encoder_epochs} and {finetune_epochs}.")
+    if encoder_epochs > 0 and head_input == "spot":
+        raise ValueError(
+            "encoder_epochs > 0 trains the spatial encoder, but head_input='spot' reads the spot tokens alone and "
+            "never the encoder: use head_input='centre' or 'centre+spot', or encoder_epochs=0."
+        )
     from storm_st._inference import encode_slide
     from storm_st.data import prepare_slides
 
     dev = resolve_device(device)
     base = base.to(dev).eval()
     prepared = []  # (slides, targets, masks) per AnnData, reused by the fine-tuning stage
+    tuning: dict[str, list] = {"tokens": [], "windows": [], "y": [], "m": []}  # per slide and transform
     cache = base.config.image_size if finetune_epochs > 0 else None
     for a in adatas:
         if a.n_vars == 0:
@@ -134,6 +153,11 @@ def fit_expression_head(
             for s in slides:
                 enc = encode_slide(base, s, use_he=True, use_gene=False, device=dev, d4=t)
                 e[s.obs_indices] = base.head_features(enc.embedding, enc.spot_token, head_input)
+                if encoder_epochs > 0:
+                    tuning["tokens"].append(enc.spot_token)  # H&E alone: the H&E token table
+                    tuning["windows"].append((s.neighbors, s.rel_pos))
+                    tuning["y"].append(y[s.obs_indices])
+                    tuning["m"].append(m[s.obs_indices])
             embs.append(e)
             ys.append(y)
             ms.append(m)
@@ -142,6 +166,14 @@ def fit_expression_head(
         model_out, np.concatenate(embs), np.concatenate(ys), np.concatenate(ms), genes=genes, epochs=epochs, lr=lr,
         batch_size=batch_size, l1=l1, l2=l2, seed=seed, device=dev, head_input=head_input,
     )
+    enc_hist: list[float] = []
+    if encoder_epochs > 0:
+        from storm_st.train._head import tune_encoder_with_head
+
+        enc_hist = tune_encoder_with_head(
+            model_out, tuning["tokens"], tuning["windows"], tuning["y"], tuning["m"], epochs=encoder_epochs, lr=lr,
+            encoder_lr=encoder_lr, batch_size=batch_size, l1=l1, l2=l2, seed=seed, device=dev,
+        )
     ft_hist: list[float] = []
     if finetune_epochs > 0:
         from storm_st.train._head import finetune_with_head
@@ -163,6 +195,9 @@ def fit_expression_head(
         "lr": lr,
         "augment": augment,
         "loss": [round(h, 5) for h in hist],
+        "encoder_epochs": encoder_epochs,
+        "encoder_lr": encoder_lr,
+        "encoder_loss": [round(h, 5) for h in enc_hist],
         "finetune_epochs": finetune_epochs,
         "finetune_loss": [round(h, 5) for h in ft_hist],
     }

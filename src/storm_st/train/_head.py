@@ -97,6 +97,106 @@ def fit_head(
     return history
 
 
+def encoder_params(model: StormModel) -> list[torch.nn.Parameter]:
+    """The spatial encoder's parameters that read H&E windows: blocks, final norm, H&E modality embedding."""
+    return [*model.blocks.parameters(), *model.norm.parameters(), model.modality_embed["he"]]
+
+
+def tune_encoder_with_head(
+    model: StormModel,
+    tokens: list[np.ndarray],
+    windows: list[tuple[np.ndarray, np.ndarray]],
+    targets: list[np.ndarray],
+    masks: list[np.ndarray],
+    *,
+    epochs: int = 10,
+    lr: float = 5e-4,
+    encoder_lr: float = 1e-4,
+    weight_decay: float = 0.05,
+    batch_size: int = 64,
+    l1: float = 1.0,
+    l2: float = 1.0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """Train the spatial encoder together with the head on H&E -> expression, the backbone frozen.
+
+    The backbone's spot tokens are computed once (``tokens``: one ``(n, h)`` table per slide and
+    flip / rotation); every step takes ``batch_size`` windows of one table, runs the spatial encoder
+    from H&E alone and back-propagates the head's eq. 4 loss into the head and the spatial encoder
+    (:func:`encoder_params`). Cheap -- no image passes through the backbone -- so the encoder can learn
+    how much of a spot's expression its neighbours tell, which masked pretraining does not ask of it.
+    The head must already exist (see :func:`fit_head`, whose fit it continues from).
+
+    Parameters
+    ----------
+    model
+        Model with a head; trained in place.
+    tokens
+        H&E token tables ``(n, h)``, one per slide and augmentation.
+    windows
+        ``(neighbors, rel_pos)`` of the slide of each table (:class:`~storm_st.data.PreparedSlide`).
+    targets, masks
+        ``(n, G)`` log-normalised expression and measured-entry masks of the slide of each table.
+    epochs
+        Passes over all tables.
+    lr, encoder_lr, weight_decay, batch_size
+        AdamW with linear warm-up (5 % of steps) and cosine decay; the head gets ``lr``, the spatial
+        encoder ``encoder_lr``.
+    l1, l2
+        Loss weights of eq. 4.
+    seed
+        Seed of the shuffling.
+    device
+        Torch device.
+
+    Returns
+    -------
+    Mean training loss per epoch.
+    """
+    if model.head is None:
+        raise ValueError("tune_encoder_with_head needs a model with a head (fit_head first).")
+    if model.config.head_input == "spot":
+        raise ValueError(
+            "This head reads the spot tokens alone (head_input='spot'); the spatial encoder does not reach it, so "
+            "there is nothing to tune: use head_input='centre' or 'centre+spot', or encoder_epochs=0."
+        )
+    if not (len(tokens) == len(windows) == len(targets) == len(masks)):
+        raise ValueError("tokens, windows, targets and masks must have one entry per token table.")
+    model.to(device).train()
+    opt = torch.optim.AdamW(
+        [{"params": encoder_params(model), "lr": encoder_lr}, {"params": model.head.parameters(), "lr": lr}],
+        weight_decay=weight_decay,
+    )
+    tabs = [torch.as_tensor(t, dtype=torch.float32, device=device) for t in tokens]
+    wins = [(torch.as_tensor(nb, device=device), torch.as_tensor(rp, device=device)) for nb, rp in windows]
+    ys = [torch.as_tensor(y, dtype=torch.float32) for y in targets]
+    ms = [torch.as_tensor(m, dtype=torch.bool) for m in masks]
+    total = epochs * sum(int(np.ceil(len(t) / batch_size)) for t in tabs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, max(1, total // 20), total))
+    gen = torch.Generator().manual_seed(seed)
+    n_all = sum(len(t) for t in tabs)
+    history = []
+    for _ in range(epochs):
+        tot = 0.0
+        for i in torch.randperm(len(tabs), generator=gen).tolist():
+            tab, (nb, rp) = tabs[i], wins[i]
+            avail = {"he": torch.ones(len(tab), dtype=torch.bool, device=device)}
+            for b in torch.randperm(len(tab), generator=gen).split(batch_size):
+                bd = b.to(device)
+                emb = model({"he": tab}, avail, nb[bd], rp[bd])
+                pred = model.predict_expression(model.head_features(emb, tab[bd]))
+                loss = expression_loss(pred, ys[i][b].to(device), ms[i][b].to(device), l1, l2)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                tot += loss.item() * len(b)
+        history.append(tot / n_all)
+    model.eval()
+    return history
+
+
 def crop_windows(neighbors: np.ndarray, rel_pos: np.ndarray, n_spots: int, rng: np.random.Generator):
     """A spatially contiguous crop of about ``n_spots`` spots of one slide, with its windows cut to the crop.
 
