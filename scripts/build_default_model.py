@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=0, help="fit_expression_head(finetune_epochs=...)")
     ap.add_argument("--head-input", default="centre", choices=["centre", "centre+spot", "spot"],
                     help="fit_expression_head(head_input=...): what the head reads")
+    ap.add_argument("--encoder-epochs", type=int, default=0,
+                    help="fit_expression_head(encoder_epochs=...): tune the spatial encoder with the head (design experiment 12)")
     ap.add_argument("--encoder", default=None, help="refit the head on this checkpoint's encoder instead of --run's")
     ap.add_argument("--out", default=str(ROOT / "src/storm_st/models/_weights/default"))
     ap.add_argument("--docs-only", action="store_true", help="rewrite docs/pretraining.md from the checkpoint at --out")
@@ -79,6 +81,7 @@ def main() -> None:
         head_s = float(model.extra["head"]["wall_time_s"])
         args.finetune_epochs = int(model.extra["head"].get("finetune_epochs", 0))
         args.head_input = model.config.head_input
+        args.encoder_epochs = int(model.extra["head"].get("encoder_epochs", 0))
         out = Path(args.out)
     else:
         if args.encoder:
@@ -92,7 +95,7 @@ def main() -> None:
         genes = st.pp.select_hvgs(train, args.n_genes)
         model = st.tl.fit_expression_head(
             train, model, genes=genes, finetune_epochs=args.finetune_epochs, head_input=args.head_input,
-            show_progress=False,
+            encoder_epochs=args.encoder_epochs, show_progress=False,
         )
         head_s = time.time() - t0
         model.extra["head"]["slides"] = TRAIN
@@ -161,7 +164,7 @@ this machine: **{model.extra['machine']}**.
 
 ```bash
 {sup_cmd}storm-st pretrain --config configs/default.yaml
-python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}{f' --head-input {args.head_input}' if args.head_input != 'centre' else ''}
+python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}{f' --head-input {args.head_input}' if args.head_input != 'centre' else ''}{f' --encoder-epochs {args.encoder_epochs}' if args.encoder_epochs else ''}
 ```
 
 | | |
@@ -174,7 +177,7 @@ python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {a
 | spatial encoder | {model.config.depth} blocks, width {model.config.hidden_dim}, {model.config.num_heads} heads, MoME FFNs, 2-D ALiBi |
 | optimizer steps | {info.get('steps')} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}{', centres drawn as a contiguous region' if cfg.get('data', {}).get('contiguous') else ', random centres'}) |
 | pretraining wall time | {info.get('wall_time_s') or 'see the log'} s on the CPU above, shared with other work |
-| expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), reads {HEAD_READS[model.config.head_input]}, 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
+| expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), reads {HEAD_READS[model.config.head_input]}, 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.encoder_epochs} epochs training the spatial encoder with the head on the frozen backbone tokens (design experiment 12; every embedding of the shipped model uses that tuned encoder)' if args.encoder_epochs else ''}{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
 | checkpoint | float16 safetensors + config.json with sha256, {size:.1f} MiB |
 
 ![pretraining loss](_static/pretraining_loss.png)
