@@ -11,6 +11,21 @@ from storm_st.models._heads import expression_loss
 from ._pretrain import cosine_with_warmup
 
 
+def _adamw_cosine(params, lr: float, weight_decay: float, total: int):
+    """AdamW with linear warm-up over 5 % of ``total`` steps, then cosine decay (the head's schedule)."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, max(1, total // 20), total))
+    return opt, sched
+
+
+def _step(opt, sched, loss: torch.Tensor) -> float:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 def fit_head(
     model: StormModel,
     embeddings: np.ndarray,
@@ -76,8 +91,7 @@ def fit_head(
     n = len(X)
     steps_per_epoch = max(1, int(np.ceil(n / batch_size)))
     total = steps_per_epoch * epochs
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, max(1, total // 20), total))
+    opt, sched = _adamw_cosine(head.parameters(), lr, weight_decay, total)
     gen = torch.Generator().manual_seed(seed)
     history = []
     for _ in range(epochs):
@@ -87,11 +101,7 @@ def fit_head(
             b = perm[s : s + batch_size]
             pred = head(X[b].to(device))
             loss = expression_loss(pred, Y[b].to(device), M[b].to(device), l1, l2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += loss.item() * len(b)
+            tot += _step(opt, sched, loss) * len(b)
         history.append(tot / n)
     head.eval()
     return history
@@ -164,16 +174,13 @@ def tune_encoder_with_head(
     if not (len(tokens) == len(windows) == len(targets) == len(masks)):
         raise ValueError("tokens, windows, targets and masks must have one entry per token table.")
     model.to(device).train()
-    opt = torch.optim.AdamW(
-        [{"params": encoder_params(model), "lr": encoder_lr}, {"params": model.head.parameters(), "lr": lr}],
-        weight_decay=weight_decay,
-    )
     tabs = [torch.as_tensor(t, dtype=torch.float32, device=device) for t in tokens]
     wins = [(torch.as_tensor(nb, device=device), torch.as_tensor(rp, device=device)) for nb, rp in windows]
     ys = [torch.as_tensor(y, dtype=torch.float32) for y in targets]
     ms = [torch.as_tensor(m, dtype=torch.bool) for m in masks]
     total = epochs * sum(int(np.ceil(len(t) / batch_size)) for t in tabs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, max(1, total // 20), total))
+    groups = [{"params": encoder_params(model), "lr": encoder_lr}, {"params": model.head.parameters(), "lr": lr}]
+    opt, sched = _adamw_cosine(groups, lr, weight_decay, total)
     gen = torch.Generator().manual_seed(seed)
     n_all = sum(len(t) for t in tabs)
     history = []
@@ -187,11 +194,7 @@ def tune_encoder_with_head(
                 emb = model({"he": tab}, avail, nb[bd], rp[bd])
                 pred = model.predict_expression(model.head_features(emb, tab[bd]))
                 loss = expression_loss(pred, ys[i][b].to(device), ms[i][b].to(device), l1, l2)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                tot += loss.item() * len(b)
+                tot += _step(opt, sched, loss) * len(b)
         history.append(tot / n_all)
     model.eval()
     return history
