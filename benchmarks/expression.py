@@ -313,6 +313,20 @@ def run(args, suite: str) -> dict:
         preds.setdefault("ST-Net-like CNN (from scratch)", {})[n] = ps
         method_info[f"ST-Net-like CNN (from scratch) [{n}]"] = info
 
+    # ---- the same neighbour smoothing (impute_expression(smooth=W)) on the shipped head, the spot-token head
+    # and the CNN, so that no method gets a post-processing the others lack
+    w = float(getattr(args, "smooth", 0.0) or 0.0)
+    if w > 0:
+        from storm_st.pp._neighbors import ring_mean_operator, smooth_with_neighbors
+
+        ops = [ring_mean_operator(a) for a in test]
+        for meth in list(preds):
+            if meth.startswith(("STORM as shipped", "STORM spot tokens", "ST-Net-like CNN")):
+                preds[f"{meth} + smooth {w:g}"] = {
+                    n: [smooth_with_neighbors(p, op, w) for p, op in zip(P, ops, strict=True)]
+                    for n, P in preds[meth].items()
+                }
+
     # ---- scores
     rows = []
     for n in gene_sets:
@@ -347,6 +361,7 @@ def run(args, suite: str) -> dict:
         "finetune_epochs": args.finetune_epochs,
         "head_inputs": list(args.head_inputs),
         "encoder_epochs": getattr(args, "encoder_epochs", 0),
+        "smooth": w,
         "model": model_info,
         "rows": rows,
         "method_info": method_info,

@@ -188,6 +188,11 @@ def section_expression(res, tag, out):
               "head on the backbone's frozen spot tokens (8 flips / rotations), then predicts as usual; the random-init "
               "row of it tunes the random encoder the same way. "
               if res.get("encoder_epochs") else "")
+           + (f"*+ smooth {res['smooth']:g}*: the same predictions blended with the mean over each spot's immediate "
+              f"neighbours, `(1 − w) · own + w · neighbours` with w = {res['smooth']:g} "
+              "(`tl.impute_expression(smooth=w)`; off by default, design experiment 13), applied alike to the shipped "
+              "head, the spot-token head and the CNN. "
+              if res.get("smooth") else "")
            + "*As shipped*: "
            "`tl.impute_expression` with the checkpoint's own head, fitted when the checkpoint was built on the same "
            "training slides, restricted to the top-N genes.\n"

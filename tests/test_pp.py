@@ -219,3 +219,32 @@ def test_novae_embeddings_with_a_novae_model(tmp_path):
     after = {k: set(getattr(a, k)) for k in ("obs", "obsm", "obsp", "uns", "layers")}
     after["obsm"].discard("nv")
     assert after == before  # only obsm['nv'] was written
+
+
+def test_ring_mean_operator_hex_square_and_slides_apart():
+    import anndata as ad
+
+    from storm_st.pp._neighbors import ring_mean_operator, smooth_with_neighbors
+
+    a = synthetic_slide(nx=6, ny=6)
+    b = synthetic_slide(nx=6, ny=6, library_id="s2")  # same coordinates, another slide
+    both = ad.concat([a, b], uns_merge="unique")
+    op = ring_mean_operator(both, library_key="library_id").tocsr()
+    n = a.n_obs
+    assert op.shape == (2 * n, 2 * n)
+    assert op[:n, n:].nnz == 0 and op[n:, :n].nnz == 0  # never across slides
+    np.testing.assert_allclose(np.asarray(op.sum(axis=1)).ravel(), 1.0, rtol=1e-6)
+    deg = np.diff(op.indptr)
+    assert deg.max() == 6 and deg.min() >= 2  # hexagonal: 6 inside, fewer at the edges
+    assert op.diagonal().sum() == 0
+    # a square grid: 8 neighbours inside (the diagonals at 1.41 pitches are included)
+    sq = synthetic_slide(nx=5, ny=5)
+    gx, gy = np.meshgrid(np.arange(5), np.arange(5))
+    sq = sq[:25].copy()
+    sq.obsm["spatial"] = np.c_[gx.ravel(), gy.ravel()].astype(float) * 20 + 40
+    deg = np.diff(ring_mean_operator(sq).tocsr().indptr)
+    assert deg.reshape(5, 5)[1:-1, 1:-1].min() == 8 and deg.reshape(5, 5)[0, 0] == 3
+    v = np.arange(2 * n, dtype=np.float32)[:, None] * [1.0, -2.0]
+    out = smooth_with_neighbors(v, op, 0.25)
+    np.testing.assert_allclose(out, 0.75 * v + 0.25 * (op @ v), rtol=1e-6)
+    np.testing.assert_array_equal(smooth_with_neighbors(v, op, 0.0), v)

@@ -249,3 +249,19 @@ def test_tuning_the_spatial_encoder_with_the_head(model):
         st.tl.fit_expression_head([a], model, genes=genes, head_input="spot", encoder_epochs=1, show_progress=False)
     with pytest.raises(ValueError, match="must be >= 0"):
         st.tl.fit_expression_head([a], model, genes=genes, encoder_epochs=-1, show_progress=False)
+
+
+def test_impute_smoothing_blends_neighbours_and_checks_its_weight(model_with_head):
+    from storm_st.pp._neighbors import ring_mean_operator
+
+    a = synthetic_slide(seed=5)
+    raw = st.tl.impute_expression(a, model_with_head, tta=False, show_progress=False)
+    sm = st.tl.impute_expression(a, model_with_head, tta=False, smooth=0.5, show_progress=False)
+    expected = 0.5 * raw.X + 0.5 * (ring_mean_operator(a) @ raw.X)
+    np.testing.assert_allclose(sm.X, expected, rtol=1e-5, atol=1e-6)
+    assert sm.uns["storm_virtual"]["smooth"] == 0.5 and raw.uns["storm_virtual"]["smooth"] == 0.0
+    assert not np.allclose(sm.X, raw.X)
+    for bad in (-0.1, 1.5, "a lot", True):
+        with pytest.raises(ValueError, match="smooth must be a number in"):
+            st.tl.impute_expression(a, model_with_head, smooth=bad, show_progress=False)
+    assert "storm_virtual" not in a.layers and "storm_virtual" not in a.uns

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import sparse
 from scipy.spatial import cKDTree
 
 from storm_st._constants import Keys, Platform
@@ -136,3 +137,37 @@ def neighbor_windows(
     adata.obsm[key_added + "_offsets"] = offsets.reshape(adata.n_obs, -1)
     adata.uns[key_added] = {"params": {"k": int(kmax), "radius_factor": radius_factor, "library_key": library_key}}
     return adata if copy else None
+
+
+#: immediate neighbours: within this many lattice pitches (8 on a square grid, 6 on a hexagonal one)
+RING_RADIUS_PITCHES = 1.6
+
+
+def ring_mean_operator(adata: AnnData, *, library_key: str | None = None) -> sparse.csr_matrix:
+    """Sparse ``(n_obs, n_obs)`` operator averaging each spot's immediate neighbours on its own slide.
+
+    Immediate neighbours are the spots within :data:`RING_RADIUS_PITCHES` lattice pitches (physical
+    distance, so square and hexagonal lattices and irregular layouts all work); the pitch is each slide's
+    median nearest-neighbour distance. A spot without neighbours maps to itself.
+    """
+    rows, cols = [], []
+    for view in slide_views(adata, library_key=library_key):
+        xy = view.coords_px * (view.mpp if np.isfinite(view.mpp) else 1.0)
+        local = knn_window(xy, min(13, max(len(xy), 1)), radius_factor=RING_RADIUS_PITCHES)[:, 1:]
+        centre, slot = np.nonzero(local >= 0)
+        lonely = np.setdiff1d(np.arange(len(xy)), centre)
+        rows.append(view.obs_indices[np.concatenate([centre, lonely])])
+        cols.append(view.obs_indices[np.concatenate([local[centre, slot], lonely])])
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    a = sparse.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(adata.n_obs, adata.n_obs))
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    return sparse.diags((1.0 / np.maximum(deg, 1)).astype(np.float32)) @ a
+
+
+def smooth_with_neighbors(values: np.ndarray, operator: sparse.spmatrix, weight: float) -> np.ndarray:
+    """``(1 - weight) * values + weight * operator @ values`` (float32, new array)."""
+    values = np.asarray(values, dtype=np.float32)
+    if weight == 0:
+        return values.copy()
+    return ((1.0 - weight) * values + weight * np.asarray(operator @ values)).astype(np.float32, copy=False)
