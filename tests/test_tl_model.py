@@ -215,7 +215,7 @@ def test_head_reading_the_spot_token_alone_ignores_the_spatial_encoder(model):
     np.testing.assert_allclose(after, before, atol=1e-5)
 
 
-def test_tuning_the_spatial_encoder_with_the_head(model):
+def test_tuning_the_spatial_encoder_with_the_head(model, tmp_path):
     import torch
 
     from storm_st.tl._expression import _targets
@@ -245,6 +245,15 @@ def test_tuning_the_spatial_encoder_with_the_head(model):
         return float(np.mean(np.abs(v - y)[m] + ((v - y) ** 2)[m]))
 
     assert loss(tuned) < loss(frozen)
+    # the encoder's tuning history survives a new head and a save / load; tuning again warns
+    assert frozen.extra["encoder_tuning"] == [] and tuned.extra["encoder_tuning"][0]["epochs"] == 5
+    st.models.save_pretrained(tuned, tmp_path / "tuned")
+    reloaded = st.load_model(tmp_path / "tuned")
+    new_head = st.tl.fit_expression_head([a], reloaded, **kw)
+    assert new_head.extra["head"]["encoder_epochs"] == 0 and new_head.extra["encoder_tuning"] == tuned.extra["encoder_tuning"]
+    with pytest.warns(UserWarning, match="already tuned with an expression head"):
+        again = st.tl.fit_expression_head([a], new_head, encoder_epochs=1, **kw)
+    assert [t["epochs"] for t in again.extra["encoder_tuning"]] == [5, 1]
     with pytest.raises(ValueError, match="head_input='spot'"):
         st.tl.fit_expression_head([a], model, genes=genes, head_input="spot", encoder_epochs=1, show_progress=False)
     with pytest.raises(ValueError, match="must be >= 0"):
