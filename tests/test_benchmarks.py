@@ -62,6 +62,9 @@ def test_quick_expression_tiny(tmp_path, shared_data):
         assert "STORM spot tokens (no spatial encoder) + expression head" in methods
         assert "STORM + expression head (encoder tuned, 1 epochs)" in methods
         assert "training-slide mean (constant)" in methods
+        # the same neighbour smoothing for the spot-token head and the CNN (storm-small has no shipped head)
+        assert {"STORM spot tokens (no spatial encoder) + expression head + smooth 0.5",
+                "ST-Net-like CNN (from scratch) + smooth 0.5"} <= methods
         mean_row = next(r for r in res["rows"] if r["method"] == "training-slide mean (constant)")
         assert mean_row["pcc_median"] != mean_row["pcc_median"]  # NaN, reported honestly
         assert (tmp_path / "bench.md").read_text().count("### H&E → expression") >= 1

@@ -96,7 +96,9 @@ def fit_expression_head(
         are computed once, so no image passes through the backbone again (10 epochs on ~550 spots: about
         4 min on 2 CPU cores, against 1 min for the head alone; 0 = off, the paper's frozen encoder). It lets the encoder learn what a spot's neighbours say about its expression, which
         masked pretraining does not ask of it. Changes every H&E embedding of the returned model (the
-        expression-only path keeps its gene FFN experts but shares attention with H&E).
+        expression-only path keeps its gene FFN experts but shares attention with H&E). Every tuning an encoder
+        has had is listed in ``model.extra['encoder_tuning']``; tuning one that already was (such as the
+        default model's, tuned on HER2ST C2-C4) warns, since it starts from there.
     encoder_lr
         Learning rate of the spatial encoder in that stage (the head keeps ``lr``).
     show_progress
