@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 from _common import RESULTS, ROOT, STATIC
 
 REF = {
@@ -541,6 +542,38 @@ def section_protocol(res, tag, out):
     return "\n".join(out)
 
 
+def section_seed_spread(res: dict) -> str:
+    """The shipped recipe refitted with other head seeds (``benchmarks/seed_spread.py``)."""
+    out = [
+        "\n## Seed spread of the shipped head\n",
+        _env(res),
+        f"- What: the default checkpoint's head is one fit (`tl.fit_expression_head` on C2–C4, top-{res['n_head_genes']} "
+        f"HVGs, `encoder_epochs=10`, head seed 0, from the pretrained model `runs/{Path(res['pretrained']).parent.name}/model`). "
+        "The same call with other head seeds, saved in float16 as shipped, scored on the held-out sections with "
+        "`tl.impute_expression` (8-fold TTA) on the suites' gene lists. Report only: nothing was chosen from it."
+        + (" With `--reuse` the refitted checkpoints of an earlier run of the same calls were scored (their fit took "
+           "about 590 s each on these cores)." if "--reuse" in res["command"] else "") + "\n",
+        "| head seed | source | " + " | ".join(f"{g}, {sl}" for g in dict.fromkeys(r["genes"] for r in res["rows"] if "genes" in r)
+                                        for sl in dict.fromkeys(r["slide"] for r in res["rows"] if "slide" in r)) + " |",
+    ]
+    cols = [(g, sl) for g in dict.fromkeys(r["genes"] for r in res["rows"] if "genes" in r)
+            for sl in dict.fromkeys(r["slide"] for r in res["rows"] if "slide" in r)]
+    out.append("|---|---|" + "---|" * len(cols))
+    seeds = list(dict.fromkeys(r["seed"] for r in res["rows"]))
+    vals: dict[tuple, list[float]] = {c: [] for c in cols}
+    for sd in seeds:
+        rs = {(r["genes"], r["slide"]): r["pcc_median"] for r in res["rows"] if r["seed"] == sd and "genes" in r}
+        src = next(r["source"] for r in res["rows"] if r["seed"] == sd)
+        for c in cols:
+            vals[c].append(rs[c])
+        out.append(f"| {sd} | {src} | " + " | ".join(f"{rs[c]:.3f}" for c in cols) + " |")
+    out.append("| mean (s.d.) | | " + " | ".join(f"{np.mean(vals[c]):.3f} ({np.std(vals[c], ddof=1) if len(vals[c]) > 1 else 0:.3f})"
+                                               for c in cols) + " |")
+    out.append("\nMedian gene-wise Pearson r. Compare with the CNN and spot-token rows of the suites above (their own "
+               "seeds: `quick` = seed 0, `quick-seed1` = seed 1).\n")
+    return "\n".join(out)
+
+
 def render(out: Path) -> None:
     files = sorted(p for p in RESULTS.glob("*_*.json"))
     by_tag: dict[str, dict[str, dict]] = {}
@@ -554,7 +587,7 @@ def render(out: Path) -> None:
             by_tag.setdefault(tag, {})[task] = json.loads(p.read_text())
         except json.JSONDecodeError:
             continue
-    tags = sorted(by_tag, key=lambda t: (t != "full", t != "quick", t))
+    tags = sorted(by_tag, key=lambda t: (t != "full", not t.startswith("quick"), t))  # quick, then its re-runs (quick-seed1)
     parts = [HEADER]
     for tag in tags:
         parts.append(f"\n## Suite: {tag}\n")
@@ -564,6 +597,8 @@ def render(out: Path) -> None:
                          ("speed_peers", section_speed_peers), ("protocol", section_protocol)):
             if task in by_tag[tag]:
                 parts.append(fn(by_tag[tag][task], tag))
+        if tag == "full" and (RESULTS / "seed_spread.json").is_file():
+            parts.append(section_seed_spread(json.loads((RESULTS / "seed_spread.json").read_text())))
     out = ROOT / out if not out.is_absolute() else out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts))
