@@ -552,7 +552,7 @@ def section_seed_spread(res: dict) -> str:
         "The same call with other head seeds, saved in float16 as shipped, scored on the held-out sections with "
         "`tl.impute_expression` (8-fold TTA) on the suites' gene lists. Report only: nothing was chosen from it."
         + (" With `--reuse` the refitted checkpoints of an earlier run of the same calls were scored (their fit took "
-           "about 590 s each on these cores)." if "--reuse" in res["command"] else "") + "\n",
+           "about 590 s each on these cores, shared with another benchmark)." if "--reuse" in res["command"] else "") + "\n",
         "| head seed | source | " + " | ".join(f"{g}, {sl}" for g in dict.fromkeys(r["genes"] for r in res["rows"] if "genes" in r)
                                         for sl in dict.fromkeys(r["slide"] for r in res["rows"] if "slide" in r)) + " |",
     ]
