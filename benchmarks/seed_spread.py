@@ -64,8 +64,12 @@ def main() -> None:
             path = save_pretrained(model, Path(args.work) / f"seed{seed}", dtype=torch.float16)
             model, source = from_pretrained(path), "refitted (float16, as shipped)"
         fit_s = time.time() - t0
+        union = list(dict.fromkeys(g for gl in lists.values() for g in gl))
+        preds = _impute(model, test, union)  # one encoding per slide; each list is a column subset
         for name, gl in lists.items():
-            for slide, (y, present), p in zip(TEST, _slide_targets(test, gl), _impute(model, test, gl), strict=True):
+            cols = [union.index(g) for g in gl]
+            for slide, (y, present), p in zip(TEST, _slide_targets(test, gl), preds, strict=True):
+                p = p[:, cols]
                 sc = expression_scores(y, p, present)
                 rows.append({"seed": seed, "source": source, "genes": name, "slide": slide,
                              **{k: sc[k] for k in ("pcc_median", "pcc_mean", "pcc_n", "mse")}})
