@@ -219,7 +219,9 @@ def fit_expression_head(
     this = {"epochs": encoder_epochs, "lr": encoder_lr, "n_spots": int(sum(a.n_obs for a in adatas)), "n_genes": len(genes)}
     model_out.extra["encoder_tuning"] = prior_tuning + ([this] if encoder_epochs > 0 else [])
     if finetune_epochs > 0:
-        model_out.extra["encoder_tuning"].append({**this, "epochs": finetune_epochs, "whole_network": True})
+        model_out.extra["encoder_tuning"].append(
+            {"epochs": finetune_epochs, "n_spots": this["n_spots"], "n_genes": this["n_genes"], "whole_network": True}
+        )
     model_out.name = getattr(base, "name", base.config.name) + "+head"
     model_out.checkpoint_sha256 = None
     return model_out
