@@ -543,9 +543,16 @@ def section_protocol(res, tag, out):
 
 
 def section_seed_spread(res: dict) -> str:
-    """The shipped recipe refitted with other head seeds (``benchmarks/seed_spread.py``)."""
+    """The shipped recipe refitted with other head seeds, and the baselines with the same seeds
+    (``benchmarks/seed_spread.py``)."""
+    shipped = "shipped recipe (1000-gene head, encoder tuned)"
+    rows = [{"method": shipped, **r} if "method" not in r else r for r in res["rows"]]  # older files: shipped only
+    scored = [r for r in rows if "genes" in r]
+    cols = [(g, sl) for g in dict.fromkeys(r["genes"] for r in scored) for sl in dict.fromkeys(r["slide"] for r in scored)]
+    methods = list(dict.fromkeys(r["method"] for r in scored))
+    has_baselines = len(methods) > 1
     out = [
-        "\n## Seed spread of the shipped head\n",
+        "\n## Seed spread of the shipped head" + (" and of the baselines" if has_baselines else "") + "\n",
         _env(res),
         f"- What: the default checkpoint's head is one fit (`tl.fit_expression_head` on C2–C4, top-{res['n_head_genes']} "
         f"HVGs, `encoder_epochs=10`, head seed 0, from the pretrained model `runs/{Path(res['pretrained']).parent.name}/model`). "
@@ -553,24 +560,33 @@ def section_seed_spread(res: dict) -> str:
         "`tl.impute_expression` (8-fold TTA) on the suites' gene lists. Report only: nothing was chosen from it."
         + (" With `--reuse` the refitted checkpoints of an earlier run of the same calls were scored (their fit took "
            "about 590 s each on these cores, shared with another benchmark)." if "--reuse" in res["command"] else "") + "\n",
-        "| head seed | source | " + " | ".join(f"{g}, {sl}" for g in dict.fromkeys(r["genes"] for r in res["rows"] if "genes" in r)
-                                        for sl in dict.fromkeys(r["slide"] for r in res["rows"] if "slide" in r)) + " |",
     ]
-    cols = [(g, sl) for g in dict.fromkeys(r["genes"] for r in res["rows"] if "genes" in r)
-            for sl in dict.fromkeys(r["slide"] for r in res["rows"] if "slide" in r)]
+    if has_baselines:
+        out.append("- Baselines (`--baselines`), refitted with the same seeds on the same lists: the spot-token head "
+                   "(ablation (b): the package's head on each spot's own H&E token of the shipped backbone, D4 copies, "
+                   "8-fold TTA; one head per list, as in the suites) and the ST-Net-like CNN (30 epochs on the quick "
+                   "list, 60 on the full lists, as in the suites but without their time budget).\n")
+    out.append("| method | seed | source | " + " | ".join(f"{g}, {sl}" for g, sl in cols) + " |")
+    out.append("|---|---|---|" + "---|" * len(cols))
+    means: dict[str, dict[tuple, list[float]]] = {}
+    for meth in methods:
+        vals = means.setdefault(meth, {c: [] for c in cols})
+        for sd in dict.fromkeys(r["seed"] for r in scored if r["method"] == meth):
+            rs = {(r["genes"], r["slide"]): r for r in scored if r["method"] == meth and r["seed"] == sd}
+            for c in cols:
+                vals[c].append(rs[c]["pcc_median"])
+            src = next(iter(rs.values()))["source"]
+            out.append(f"| {meth} | {sd} | {src} | " + " | ".join(f"{rs[c]['pcc_median']:.3f}" for c in cols) + " |")
+    out.append("\nMean (s.d.) over the seeds:\n")
+    out.append("| method | seeds | " + " | ".join(f"{g}, {sl}" for g, sl in cols) + " |")
     out.append("|---|---|" + "---|" * len(cols))
-    seeds = list(dict.fromkeys(r["seed"] for r in res["rows"]))
-    vals: dict[tuple, list[float]] = {c: [] for c in cols}
-    for sd in seeds:
-        rs = {(r["genes"], r["slide"]): r["pcc_median"] for r in res["rows"] if r["seed"] == sd and "genes" in r}
-        src = next(r["source"] for r in res["rows"] if r["seed"] == sd)
-        for c in cols:
-            vals[c].append(rs[c])
-        out.append(f"| {sd} | {src} | " + " | ".join(f"{rs[c]:.3f}" for c in cols) + " |")
-    out.append("| mean (s.d.) | | " + " | ".join(f"{np.mean(vals[c]):.3f} ({np.std(vals[c], ddof=1) if len(vals[c]) > 1 else 0:.3f})"
-                                               for c in cols) + " |")
-    out.append("\nMedian gene-wise Pearson r. Compare with the CNN and spot-token rows of the suites above (their own "
-               "seeds: `quick` = seed 0, `quick-seed1` = seed 1).\n")
+    for meth, vals in means.items():
+        n = len(vals[cols[0]])
+        out.append(f"| {meth} | {n} | " + " | ".join(
+            f"{np.mean(v):.3f} ({np.std(v, ddof=1) if len(v) > 1 else 0:.3f})" for v in vals.values()) + " |")
+    out.append("\nMedian gene-wise Pearson r."
+               + ("" if has_baselines else " Compare with the CNN and spot-token rows of the suites above (their own "
+                  "seeds: `quick` = seed 0, `quick-seed1` = seed 1).") + "\n")
     return "\n".join(out)
 
 

@@ -8,7 +8,11 @@ held-out C5 / C6 (median gene-wise PCC) on the gene lists of the benchmark suite
     python benchmarks/seed_spread.py --seeds 0 1 2 [--pretrained runs/default/model]
 
 Seed 0 is scored from the shipped checkpoint itself (``--refit-zero`` refits it too); ``--reuse`` scores
-checkpoints already refitted in ``--work`` (``runs/seed_spread/seedN``, not committed). Results go to
+checkpoints already refitted in ``--work`` (``runs/seed_spread/seedN``, not committed). ``--baselines`` also
+refits, with the same seeds and on the same gene lists, the two baselines the shipped head is compared with in the
+suites: the spot-token head (ablation (b): the package's head on each spot's own H&E token, no spatial encoder;
+one head per list as in the suites) and the ST-Net-like CNN (fixed epochs, 30 on the quick list and 60 on the full
+lists as in the suites, without the suites' time budget so that a busy CPU cannot shorten a run). Results go to
 ``benchmarks/results/seed_spread.json``.
 """
 
@@ -25,9 +29,54 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import expression_scores, machine, now, save_json, versions  # noqa: E402
-from expression import _impute, _slide_targets  # noqa: E402
+from expression import _impute, _slide_targets, _spot_token_head, _spot_tokens  # noqa: E402
 
 TRAIN, TEST = ["C2", "C3", "C4"], ["C5", "C6"]
+SHIPPED = "shipped recipe (1000-gene head, encoder tuned)"
+SPOT = "spot tokens + expression head (b)"
+CNN = "ST-Net-like CNN (from scratch)"
+CNN_EPOCHS = {"quick": 30, "full": 60}  # the suites' epochs (benchmarks/expression.py SUITES)
+
+
+def _score_rows(method, seed, source, lists, preds_by_list, test) -> list[dict]:
+    """One row per (gene list, test slide): median / mean gene-wise PCC and MSE of ``preds_by_list[list][slide]``."""
+    rows = []
+    for name, gl in lists.items():
+        for slide, (y, present), p in zip(TEST, _slide_targets(test, gl), preds_by_list[name], strict=True):
+            sc = expression_scores(y, p, present)
+            rows.append({"method": method, "seed": seed, "source": source, "genes": name, "slide": slide,
+                         **{k: sc[k] for k in ("pcc_median", "pcc_mean", "pcc_n", "mse")}})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def baselines(shipped, train, test, lists, seeds):
+    """The spot-token head (b) and the CNN, refitted per seed on each gene list (see the module docstring).
+
+    Yields the rows of each seed as they come."""
+    import numpy as np
+    from stnet import STNET_FOV_UM, STNET_SIZE, train_predict
+
+    import storm_st as st
+    from storm_st._inference import D4
+
+    tok_tr, tok_te = _spot_tokens(shipped, train, D4), _spot_tokens(shipped, test, D4)  # the seeds share them
+    Ptr = np.concatenate([st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in train])
+    Pte = [st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in test]
+    for seed in seeds:
+        rows, t0 = [], time.time()
+        preds = {name: _spot_token_head(shipped, train, tok_tr, tok_te, gl, seed)[0] for name, gl in lists.items()}
+        rows += _score_rows(SPOT, seed, "refitted", lists, preds, test)
+        rows.append({"method": SPOT, "seed": seed, "fit_s": round(time.time() - t0, 1)})
+        t0 = time.time()
+        preds, epochs = {}, {}
+        for name, gl in lists.items():
+            Ytr = np.concatenate([y for y, _ in _slide_targets(train, gl)])
+            epochs[name] = CNN_EPOCHS[name.split()[0]]
+            preds[name], _ = train_predict(Ptr, Ytr, Pte, epochs=epochs[name], seed=seed)
+        rows += _score_rows(CNN, seed, "trained", lists, preds, test)
+        rows.append({"method": CNN, "seed": seed, "fit_s": round(time.time() - t0, 1), "epochs": epochs})
+        yield rows
 
 
 def main() -> None:
@@ -40,6 +89,7 @@ def main() -> None:
     ap.add_argument("--refit-zero", action="store_true")
     ap.add_argument("--work", default=str(ROOT / "runs" / "seed_spread"))
     ap.add_argument("--reuse", action="store_true", help="score checkpoints already refitted in --work instead of refitting")
+    ap.add_argument("--baselines", action="store_true", help="also refit the spot-token head (b) and the CNN per seed")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "seed_spread.json"))
     args = ap.parse_args()
 
@@ -52,6 +102,14 @@ def main() -> None:
     top500 = st.pp.select_hvgs(train, 500)
     lists = {"quick top-50": st.pp.select_hvgs(train, 50), "full top-50": top500[:50], "full top-500": top500}
     rows = []
+
+    def save(status: str) -> None:  # after every seed, so that a killed run keeps what it measured
+        res = {"command": "python benchmarks/seed_spread.py " + " ".join(sys.argv[1:]), "machine": machine(),
+               "versions": versions(), "date": date, "date_end": now(), "status": status,
+               "wall_s": round(time.time() - t_start, 1), "pretrained": args.pretrained, "n_head_genes": n_genes,
+               "rows": rows}
+        save_json(res, Path(args.out))
+
     for seed in args.seeds:
         t0 = time.time()
         if seed == 0 and not args.refit_zero:
@@ -66,20 +124,15 @@ def main() -> None:
         fit_s = time.time() - t0
         union = list(dict.fromkeys(g for gl in lists.values() for g in gl))
         preds = _impute(model, test, union)  # one encoding per slide; each list is a column subset
-        for name, gl in lists.items():
-            cols = [union.index(g) for g in gl]
-            for slide, (y, present), p in zip(TEST, _slide_targets(test, gl), preds, strict=True):
-                p = p[:, cols]
-                sc = expression_scores(y, p, present)
-                rows.append({"seed": seed, "source": source, "genes": name, "slide": slide,
-                             **{k: sc[k] for k in ("pcc_median", "pcc_mean", "pcc_n", "mse")}})
-                print(rows[-1], flush=True)
-        rows.append({"seed": seed, "source": source, "fit_s": round(fit_s, 1)})
-    res = {"command": "python benchmarks/seed_spread.py " + " ".join(sys.argv[1:]), "machine": machine(),
-           "versions": versions(), "date": date, "date_end": now(), "status": "ok", "wall_s": round(time.time() - t_start, 1),
-           "pretrained": args.pretrained, "n_head_genes": n_genes, "rows": rows}
-    save_json(res, Path(args.out))
-
+        by_list = {name: [p[:, [union.index(g) for g in gl]] for p in preds] for name, gl in lists.items()}
+        rows += _score_rows(SHIPPED, seed, source, lists, by_list, test)
+        rows.append({"method": SHIPPED, "seed": seed, "source": source, "fit_s": round(fit_s, 1)})
+        save("running")
+    if args.baselines:
+        for seed_rows in baselines(shipped, train, test, lists, args.seeds):
+            rows += seed_rows
+            save("running")
+    save("ok")
 
 if __name__ == "__main__":
     main()
