@@ -134,5 +134,6 @@ def main() -> None:
             save("running")
     save("ok")
 
+
 if __name__ == "__main__":
     main()
