@@ -545,9 +545,7 @@ def section_protocol(res, tag, out):
 def section_seed_spread(res: dict) -> str:
     """The shipped recipe refitted with other head seeds, and the baselines with the same seeds
     (``benchmarks/seed_spread.py``)."""
-    shipped = "shipped recipe (1000-gene head, encoder tuned)"
-    rows = [{"method": shipped, **r} if "method" not in r else r for r in res["rows"]]  # older files: shipped only
-    scored = [r for r in rows if "genes" in r]
+    scored = [r for r in res["rows"] if "genes" in r]
     cols = [(g, sl) for g in dict.fromkeys(r["genes"] for r in scored) for sl in dict.fromkeys(r["slide"] for r in scored)]
     methods = list(dict.fromkeys(r["method"] for r in scored))
     has_baselines = len(methods) > 1
