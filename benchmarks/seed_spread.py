@@ -37,11 +37,12 @@ CNN = "ST-Net-like CNN (from scratch)"
 CNN_EPOCHS = {"quick": 30, "full": 60}  # the suites' epochs (benchmarks/expression.py SUITES)
 
 
-def _score_rows(method, seed, source, lists, preds_by_list, test) -> list[dict]:
-    """One row per (gene list, test slide): median / mean gene-wise PCC and MSE of ``preds_by_list[list][slide]``."""
+def _score_rows(method, seed, source, targets, preds_by_list) -> list[dict]:
+    """One row per (gene list, test slide): median / mean gene-wise PCC and MSE of ``preds_by_list[list][slide]``
+    against ``targets[list]`` (:func:`_slide_targets` of the test slides)."""
     rows = []
-    for name, gl in lists.items():
-        for slide, (y, present), p in zip(TEST, _slide_targets(test, gl), preds_by_list[name], strict=True):
+    for name, per_slide in targets.items():
+        for slide, (y, present), p in zip(TEST, per_slide, preds_by_list[name], strict=True):
             sc = expression_scores(y, p, present)
             rows.append({"method": method, "seed": seed, "source": source, "genes": name, "slide": slide,
                          **{k: sc[k] for k in ("pcc_median", "pcc_mean", "pcc_n", "mse")}})
@@ -49,7 +50,7 @@ def _score_rows(method, seed, source, lists, preds_by_list, test) -> list[dict]:
     return rows
 
 
-def baselines(shipped, train, test, lists, seeds):
+def baselines(shipped, train, test, lists, targets, seeds):
     """The spot-token head (b) and the CNN, refitted per seed on each gene list (see the module docstring).
 
     Yields the rows of each seed as they come."""
@@ -62,18 +63,18 @@ def baselines(shipped, train, test, lists, seeds):
     tok_tr, tok_te = _spot_tokens(shipped, train, D4), _spot_tokens(shipped, test, D4)  # the seeds share them
     Ptr = np.concatenate([st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in train])
     Pte = [st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in test]
+    Ytrs = {name: np.concatenate([y for y, _ in _slide_targets(train, gl)]) for name, gl in lists.items()}
     for seed in seeds:
         rows, t0 = [], time.time()
         preds = {name: _spot_token_head(shipped, train, tok_tr, tok_te, gl, seed)[0] for name, gl in lists.items()}
-        rows += _score_rows(SPOT, seed, "refitted", lists, preds, test)
+        rows += _score_rows(SPOT, seed, "refitted", targets, preds)
         rows.append({"method": SPOT, "seed": seed, "fit_s": round(time.time() - t0, 1)})
         t0 = time.time()
         preds, epochs = {}, {}
-        for name, gl in lists.items():
-            Ytr = np.concatenate([y for y, _ in _slide_targets(train, gl)])
+        for name, Ytr in Ytrs.items():
             epochs[name] = CNN_EPOCHS[name.split()[0]]
             preds[name], _ = train_predict(Ptr, Ytr, Pte, epochs=epochs[name], seed=seed)
-        rows += _score_rows(CNN, seed, "trained", lists, preds, test)
+        rows += _score_rows(CNN, seed, "trained", targets, preds)
         rows.append({"method": CNN, "seed": seed, "fit_s": round(time.time() - t0, 1), "epochs": epochs})
         yield rows
 
@@ -101,6 +102,7 @@ def main() -> None:
     genes = st.pp.select_hvgs(train, n_genes)
     top500 = st.pp.select_hvgs(train, 500)
     lists = {"quick top-50": st.pp.select_hvgs(train, 50), "full top-50": top500[:50], "full top-500": top500}
+    targets = {name: _slide_targets(test, gl) for name, gl in lists.items()}  # shared by every method and seed
     rows = []
 
     def save(status: str) -> None:  # after every seed, so that a killed run keeps what it measured
@@ -125,11 +127,11 @@ def main() -> None:
         union = list(dict.fromkeys(g for gl in lists.values() for g in gl))
         preds = _impute(model, test, union)  # one encoding per slide; each list is a column subset
         by_list = {name: [p[:, [union.index(g) for g in gl]] for p in preds] for name, gl in lists.items()}
-        rows += _score_rows(label, seed, source, lists, by_list, test)
+        rows += _score_rows(label, seed, source, targets, by_list)
         rows.append({"method": label, "seed": seed, "source": source, "fit_s": round(fit_s, 1)})
         save("running")
     if args.baselines:
-        for seed_rows in baselines(shipped, train, test, lists, args.seeds):
+        for seed_rows in baselines(shipped, train, test, lists, targets, args.seeds):
             rows += seed_rows
             save("running")
     save("ok")
