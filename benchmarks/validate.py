@@ -62,19 +62,20 @@ def storm(args) -> None:
 
         kw = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.ft_kw)}
         head.finetune_with_head = functools.partial(head.finetune_with_head, **kw)
-    for hi, ee in [(h, e) for h in args.head_input for e in args.encoder_epochs]:
+    runs = [(h, e, w) for h in args.head_input for e in args.encoder_epochs for w in args.smooth_targets]
+    for hi, ee, w in runs:
         for ft in args.finetune:
             t0 = time.time()
             m = st.tl.fit_expression_head(
                 train, base, genes=genes, finetune_epochs=ft, seed=args.seed, head_input=hi, encoder_epochs=ee,
-                show_progress=False,
+                smooth_targets=w, show_progress=False,
             )
             v = val.copy()
             out = st.tl.impute_expression(v, m, genes=genes50, key_added="virtual", show_progress=False)
             r = st.tl.expression_pcc(v, out, genes=genes50)
             if args.save:  # e.g. to run the domain task on the tuned encoder
                 st.models.save_pretrained(m, args.save)
-            print(f"storm {args.model} head_genes={args.head_genes} head_input={m.config.head_input} encoder_epochs={ee} finetune_epochs={ft} {' '.join(args.ft_kw)}: median PCC {np.nanmedian(r):.4f} ({time.time() - t0:.0f} s)", flush=True)
+            print(f"storm {args.model} head_genes={args.head_genes} head_input={m.config.head_input} encoder_epochs={ee} smooth_targets={'auto' if w is None else f'{w:g}'} finetune_epochs={ft} {' '.join(args.ft_kw)}: median PCC {np.nanmedian(r):.4f} ({time.time() - t0:.0f} s)", flush=True)
 
 
 def decoder(args) -> None:
@@ -130,6 +131,9 @@ def main() -> None:
     s.add_argument("--head-input", nargs="+", default=[None], help="what the head reads: centre, centre+spot, spot")
     s.add_argument("--save", default=None, help="save the (last) fitted model to this folder")
     s.add_argument("--encoder-epochs", type=int, nargs="+", default=[0], help="fit_expression_head(encoder_epochs=...)")
+    s.add_argument("--smooth-targets", type=lambda v: None if v == "auto" else float(v), nargs="+", default=[None],
+                   help="fit_expression_head(smooth_targets=...); 'auto' (default) = the package's platform default. "
+                        "Entries of scripts/design_experiments.md before experiment 15 ran without it: add --smooth-targets 0")
     d = sub.add_parser("decoder")
     d.add_argument("--ckpt", required=True, help="a pretraining run's checkpoints/last.ckpt")
     d.add_argument("--tta", action="store_true")

@@ -274,3 +274,41 @@ def test_impute_smoothing_blends_neighbours_and_checks_its_weight(model_with_hea
         with pytest.raises(ValueError, match="smooth must be a number in"):
             st.tl.impute_expression(a, model_with_head, smooth=bad, show_progress=False)
     assert "storm_virtual" not in a.layers and "storm_virtual" not in a.uns
+
+
+def test_fit_head_on_neighbour_smoothed_targets(model, monkeypatch):
+    import storm_st.train._head as head_mod
+    from storm_st.pp._neighbors import ring_mean_operator
+    from storm_st.tl._expression import TARGET_SMOOTHING, _targets
+
+    a = synthetic_slide(seed=7)
+    genes = GENES[:5]
+    seen = []
+    real = head_mod.fit_head
+
+    def spy(model_, embeddings, targets, masks, **kw):
+        seen.append(np.array(targets))
+        return real(model_, embeddings, targets, masks, **kw)
+
+    monkeypatch.setattr(head_mod, "fit_head", spy)
+    kw = {"genes": genes, "epochs": 1, "augment": False, "show_progress": False}
+    own = st.tl.fit_expression_head([a], model, smooth_targets=0, **kw)
+    half = st.tl.fit_expression_head([a], model, smooth_targets=0.5, **kw)
+    default = st.tl.fit_expression_head([a], model, **kw)  # a Visium slide: the platform default
+    y, _ = _targets(a, genes, None)
+    ring = ring_mean_operator(a) @ y
+    np.testing.assert_allclose(seen[0], y, rtol=1e-6)
+    np.testing.assert_allclose(seen[1], 0.5 * y + 0.5 * ring, rtol=1e-5, atol=1e-6)
+    w = TARGET_SMOOTHING
+    np.testing.assert_allclose(seen[2], (1 - w) * y + w * ring, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(seen[0], seen[2])
+    assert own.extra["head"]["smooth_targets"] == 0.0 and half.extra["head"]["smooth_targets"] == 0.5
+    assert default.extra["head"]["smooth_targets_per_slide"] == [w]
+    # cell-level slides keep their own expression by default: a cell's neighbours are other cells
+    cells = a.copy()
+    cells.uns["spatial"]["s1"]["metadata"]["platform"] = "xenium"
+    st.tl.fit_expression_head([cells], model, **kw)
+    np.testing.assert_allclose(seen[3], y, rtol=1e-6)
+    for bad in (-0.5, 2, "yes", False):
+        with pytest.raises(ValueError, match="smooth_targets must be a number in"):
+            st.tl.fit_expression_head([a], model, smooth_targets=bad, **kw)

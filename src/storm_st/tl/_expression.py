@@ -49,6 +49,7 @@ def fit_expression_head(
     head_input: str | None = None,
     encoder_epochs: int = 0,
     encoder_lr: float = 1e-4,
+    smooth_targets: float | None = None,
     show_progress: bool = True,
 ) -> StormModel:
     """Fit STORM's expression head on paired H&E + ST slides (the encoder frozen, unless asked otherwise).
@@ -101,6 +102,13 @@ def fit_expression_head(
         default model's, tuned on HER2ST C2-C4) warns, since it starts from there.
     encoder_lr
         Learning rate of the spatial encoder in that stage (the head keeps ``lr``).
+    smooth_targets
+        Train on neighbour-smoothed expression, ``(1 - smooth_targets) * own + smooth_targets * mean over the
+        immediate neighbours`` (the operator of :func:`impute_expression`'s ``smooth``, within 1.6 lattice
+        pitches, per slide), in ``[0, 1]``; 0 trains on each spot's own measured expression. It damps the count
+        noise of single spots in the targets; predictions are not smoothed. Default (``None``): 0.25 on Visium
+        and legacy-ST slides (chosen on validation, design experiment 15 in :doc:`/pretraining`), 0 on
+        Visium HD bins and cell-level platforms, where there is no evidence for it and neighbours are other cells.
     show_progress
         Progress bar while embedding.
 
@@ -134,6 +142,13 @@ def fit_expression_head(
             "encoder_epochs > 0 trains the spatial encoder, but head_input='spot' reads the spot tokens alone and "
             "never the encoder: use head_input='centre' or 'centre+spot', or encoder_epochs=0."
         )
+    if smooth_targets is not None and (
+        isinstance(smooth_targets, bool)
+        or not (isinstance(smooth_targets, int | float) and 0.0 <= float(smooth_targets) <= 1.0)
+    ):
+        raise ValueError(
+            f"smooth_targets must be a number in [0, 1] (0 = own expression) or None (platform default), got {smooth_targets!r}."
+        )
     prior_tuning = _encoder_tuning(base)
     if (encoder_epochs > 0 or finetune_epochs > 0) and prior_tuning:
         last = prior_tuning[-1]
@@ -151,12 +166,15 @@ def fit_expression_head(
     dev = resolve_device(device)
     base = base.to(dev).eval()
     prepared = []  # (slides, targets, masks) per AnnData, reused by the fine-tuning stage
+    target_smoothing: list[float] = []  # weight used on each slide
     tuning: dict[str, list] = {"tokens": [], "windows": [], "y": [], "m": []}  # per slide and transform
     cache = base.config.image_size if finetune_epochs > 0 else None
     for a in adatas:
         if a.n_vars == 0:
             raise ValueError("A training slide has no genes; fit_expression_head needs measured expression.")
         y, m = _targets(a, genes, layer)
+        y, weights = _smooth_targets(a, y, smooth_targets, library_key)
+        target_smoothing.extend(weights)
         slides = prepare_slides(
             a, base.config, use_he=True, use_gene=False, library_key=library_key, cache_patches=cache
         )
@@ -208,6 +226,8 @@ def fit_expression_head(
         "epochs": epochs,
         "lr": lr,
         "augment": augment,
+        "smooth_targets": max(target_smoothing, default=0.0),
+        "smooth_targets_per_slide": target_smoothing,
         "loss": [round(h, 5) for h in hist],
         "encoder_epochs": encoder_epochs,
         "encoder_lr": encoder_lr,
@@ -225,6 +245,32 @@ def fit_expression_head(
     model_out.name = getattr(base, "name", base.config.name) + "+head"
     model_out.checkpoint_sha256 = None
     return model_out
+
+
+#: default weight of ``fit_expression_head(smooth_targets=None)`` on the platforms below (design experiment 15)
+TARGET_SMOOTHING = 0.25
+TARGET_SMOOTHING_PLATFORMS = frozenset({"visium", "legacy_st"})
+
+
+def _smooth_targets(
+    adata: AnnData, y: np.ndarray, weight: float | None, library_key: str | None
+) -> tuple[np.ndarray, list[float]]:
+    """Blend each spot's targets with its immediate neighbours' mean, per slide; returns the weight used per slide."""
+    from storm_st.io._slide import slide_views
+    from storm_st.pp._neighbors import ring_mean_operator
+
+    views = slide_views(adata, library_key=library_key)
+    if weight is None:
+        weights = [TARGET_SMOOTHING if v.platform in TARGET_SMOOTHING_PLATFORMS else 0.0 for v in views]
+    else:
+        weights = [float(weight)] * len(views)
+    if not any(weights):
+        return y, weights
+    w = np.zeros((adata.n_obs, 1), dtype=np.float32)
+    for v, wv in zip(views, weights, strict=True):
+        w[v.obs_indices] = wv
+    neighbours = np.asarray(ring_mean_operator(adata, library_key=library_key) @ y)
+    return ((1.0 - w) * y + w * neighbours).astype(np.float32), weights
 
 
 def _encoder_tuning(model: StormModel) -> list[dict]:
