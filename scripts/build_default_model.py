@@ -29,6 +29,7 @@ import torch
 
 import storm_st as st
 from storm_st.models import from_pretrained, save_pretrained
+from storm_st.tl._expression import TARGET_SMOOTHING
 from storm_st.train._runner import export_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +72,9 @@ def main() -> None:
                     help="fit_expression_head(head_input=...): what the head reads")
     ap.add_argument("--encoder-epochs", type=int, default=0,
                     help="fit_expression_head(encoder_epochs=...): tune the spatial encoder with the head (design experiment 12)")
+    ap.add_argument("--smooth-targets", type=float, default=None,
+                    help="fit_expression_head(smooth_targets=...): neighbour-smoothed head targets (design experiment 15); "
+                         "default the package's platform default (0.25 on legacy ST)")
     ap.add_argument("--encoder", default=None, help="refit the head on this checkpoint's encoder instead of --run's")
     ap.add_argument("--out", default=str(ROOT / "src/storm_st/models/_weights/default"))
     ap.add_argument("--docs-only", action="store_true", help="rewrite docs/pretraining.md from the checkpoint at --out")
@@ -82,6 +86,8 @@ def main() -> None:
         args.finetune_epochs = int(model.extra["head"].get("finetune_epochs", 0))
         args.head_input = model.config.head_input
         args.encoder_epochs = int(model.extra["head"].get("encoder_epochs", 0))
+        used = float(model.extra["head"].get("smooth_targets", 0.0))
+        args.smooth_targets = None if used == TARGET_SMOOTHING else used  # the command line shows a non-default only
         out = Path(args.out)
     else:
         if args.encoder:
@@ -95,7 +101,7 @@ def main() -> None:
         genes = st.pp.select_hvgs(train, args.n_genes)
         model = st.tl.fit_expression_head(
             train, model, genes=genes, finetune_epochs=args.finetune_epochs, head_input=args.head_input,
-            encoder_epochs=args.encoder_epochs, show_progress=False,
+            encoder_epochs=args.encoder_epochs, smooth_targets=args.smooth_targets, show_progress=False,
         )
         head_s = time.time() - t0
         model.extra["head"]["slides"] = TRAIN
@@ -105,6 +111,7 @@ def main() -> None:
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     print(f"default checkpoint: {out} ({size:.1f} MiB)")
 
+    smooth_used = float(model.extra["head"].get("smooth_targets", 0.0))
     # ---- docs/pretraining.md: loss curves + facts of the run
     static = ROOT / "docs" / "_static"
     static.mkdir(parents=True, exist_ok=True)
@@ -164,7 +171,7 @@ this machine: **{model.extra['machine']}**.
 
 ```bash
 {sup_cmd}storm-st pretrain --config configs/default.yaml
-python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}{f' --head-input {args.head_input}' if args.head_input != 'centre' else ''}{f' --encoder-epochs {args.encoder_epochs}' if args.encoder_epochs else ''}
+python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}{f' --head-input {args.head_input}' if args.head_input != 'centre' else ''}{f' --encoder-epochs {args.encoder_epochs}' if args.encoder_epochs else ''}{'' if args.smooth_targets is None else f' --smooth-targets {args.smooth_targets:g}'}
 ```
 
 | | |
@@ -177,7 +184,7 @@ python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {a
 | spatial encoder | {model.config.depth} blocks, width {model.config.hidden_dim}, {model.config.num_heads} heads, MoME FFNs, 2-D ALiBi |
 | optimizer steps | {info.get('steps')} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}{', centres drawn as a contiguous region' if cfg.get('data', {}).get('contiguous') else ', random centres'}) |
 | pretraining wall time | {info.get('wall_time_s') or 'see the log'} s on the CPU above, shared with other work |
-| expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), reads {HEAD_READS[model.config.head_input]}, 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.encoder_epochs} epochs training the spatial encoder with the head on the frozen backbone tokens (design experiment 12; every embedding of the shipped model uses that tuned encoder)' if args.encoder_epochs else ''}{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
+| expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), reads {HEAD_READS[model.config.head_input]}{f', trained on neighbour-smoothed targets (w = {smooth_used:g}, design experiment 15)' if smooth_used else ''}, 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.encoder_epochs} epochs training the spatial encoder with the head on the frozen backbone tokens (design experiment 12; every embedding of the shipped model uses that tuned encoder)' if args.encoder_epochs else ''}{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
 | checkpoint | float16 safetensors + config.json with sha256, {size:.1f} MiB |
 
 ![pretraining loss](_static/pretraining_loss.png)
