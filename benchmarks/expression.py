@@ -87,17 +87,18 @@ def _spot_tokens(model, adatas, transforms):
 
 def _spot_token_head(model, train, tokens_tr, tokens_te, genes, seed):
     """Issue 4's ablation (b): the package's expression head, fitted and applied as ``tl.fit_expression_head`` /
-    ``tl.impute_expression`` do (D4 x 8 training copies, lr 5e-4, 10 epochs; 8-fold TTA averaging the input of
-    the head; predictions clipped at 0), but on each spot's own H&E token instead of the spatial encoder's output.
+    ``tl.impute_expression`` do (D4 x 8 training copies, lr 5e-4, 10 epochs, the same neighbour-smoothed targets;
+    8-fold TTA averaging the input of the head; predictions clipped at 0), but on each spot's own H&E token instead of the spatial encoder's output.
     ``tokens_tr`` / ``tokens_te``: :func:`_spot_tokens` of the training / test slides over the D4 transforms."""
     import copy
 
     import torch
 
-    from storm_st.tl._expression import _targets
+    from storm_st.tl._expression import _smooth_targets, _targets
     from storm_st.train._head import fit_head
 
     ys, ms = zip(*(_targets(a, genes, None) for a in train), strict=True)
+    ys = [_smooth_targets(a, y, None, None)[0] for a, y in zip(train, ys, strict=True)]  # fit_expression_head's default
     m = copy.deepcopy(model)
     hist = fit_head(
         m, np.concatenate([x for per in tokens_tr for x in per]), np.concatenate(list(ys) * len(tokens_tr)),
@@ -312,6 +313,22 @@ def run(args, suite: str) -> dict:
         timings[f"ST-Net-like CNN ({n} genes): train+predict"] = time.perf_counter() - t
         preds.setdefault("ST-Net-like CNN (from scratch)", {})[n] = ps
         method_info[f"ST-Net-like CNN (from scratch) [{n}]"] = info
+    # the same CNN on the neighbour-smoothed targets STORM's heads train on (fit_expression_head's default), so that
+    # no method gets a training recipe the others lack
+    if getattr(args, "cnn_smoothed_targets", True):
+        from storm_st.tl._expression import _smooth_targets
+
+        Ytr_s = np.concatenate([_smooth_targets(a, y, None, None)[0] for a, (y, _) in zip(train, Ytr_all, strict=True)])
+        label = "ST-Net-like CNN (from scratch, smoothed targets)"
+        for n in gene_sets:
+            t = time.perf_counter()
+            ps, info = train_predict(
+                Ptr, Ytr_s[:, :n], Pte, epochs=args.stnet_epochs or cfg["stnet_epochs"],
+                time_budget_s=(args.stnet_budget or cfg["stnet_budget_s"]) / len(gene_sets), seed=args.seed,
+            )
+            timings[f"{label} ({n} genes): train+predict"] = time.perf_counter() - t
+            preds.setdefault(label, {})[n] = ps
+            method_info[f"{label} [{n}]"] = info
 
     # ---- the same neighbour smoothing (impute_expression(smooth=W)) on the shipped head, the spot-token head
     # and the CNN, so that no method gets a post-processing the others lack

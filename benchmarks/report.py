@@ -563,7 +563,10 @@ def section_seed_spread(res: dict) -> str:
         out.append("- Baselines (`--baselines`), refitted with the same seeds on the same lists: the spot-token head "
                    "(ablation (b): the package's head on each spot's own H&E token of the shipped backbone, D4 copies, "
                    "8-fold TTA; one head per list, as in the suites) and the ST-Net-like CNN (30 epochs on the quick "
-                   "list, 60 on the full lists, as in the suites but without their time budget).\n")
+                   "list, 60 on the full lists, as in the suites but without their time budget). Rows marked `--merge` "
+                   "were measured by an earlier run of the same code and kept. Since design experiment 15 the STORM "
+                   "heads (shipped recipe and (b)) train on neighbour-smoothed targets (`fit_expression_head`'s "
+                   "default); the CNN trains on each spot's own expression, as the brief specifies it.\n")
     out.append("| method | seed | source | " + " | ".join(f"{g}, {sl}" for g, sl in cols) + " |")
     out.append("|---|---|---|" + "---|" * len(cols))
     means: dict[str, dict[tuple, list[float]]] = {}
@@ -573,7 +576,8 @@ def section_seed_spread(res: dict) -> str:
             rs = {(r["genes"], r["slide"]): r for r in scored if r["method"] == meth and r["seed"] == sd}
             for c in cols:
                 vals[c].append(rs[c]["pcc_median"])
-            src = next(iter(rs.values()))["source"]
+            first = next(iter(rs.values()))
+            src = first["source"] + (f", measured {first['measured'][:10]} (`--merge`)" if first.get("measured") else "")
             out.append(f"| {meth} | {sd} | {src} | " + " | ".join(f"{rs[c]['pcc_median']:.3f}" for c in cols) + " |")
     out.append("\nMean (s.d.) over the seeds:\n")
     out.append("| method | seeds | " + " | ".join(f"{g}, {sl}" for g, sl in cols) + " |")

@@ -48,6 +48,8 @@ def parse(argv=None):
     ap.add_argument("--smooth", type=float, default=0.5,
                     help="one more row each for the shipped head, the spot-token head and the CNN with their predictions "
                          "blended with the neighbours' mean (impute_expression(smooth=W)); 0 = no such rows")
+    ap.add_argument("--no-cnn-smoothed-targets", dest="cnn_smoothed_targets", action="store_false",
+                    help="skip the CNN trained on the neighbour-smoothed targets STORM's heads use")
     ap.add_argument("--stnet-budget", type=float, default=None, help="ST-Net: total training seconds over the gene sets")
     ap.add_argument("--domain-slides", nargs="+", default=None)
     ap.add_argument("--peers", nargs="*", default=None, help="domain peers to run in the full suite (default all; speed_peers: BANKSY CellCharter SpaGCN NOVAE)")

@@ -12,7 +12,8 @@ checkpoints already refitted in ``--work`` (``runs/seed_spread/seedN``, not comm
 refits, with the same seeds and on the same gene lists, the two baselines the shipped head is compared with in the
 suites: the spot-token head (ablation (b): the package's head on each spot's own H&E token, no spatial encoder;
 one head per list as in the suites) and the ST-Net-like CNN (fixed epochs, 30 on the quick list and 60 on the full
-lists as in the suites, without the suites' time budget so that a busy CPU cannot shorten a run). Results go to
+lists as in the suites, without the suites' time budget so that a busy CPU cannot shorten a run); ``--baselines
+spot`` refits only the first, and ``--merge`` keeps the earlier rows of every method not refitted. Results go to
 ``benchmarks/results/seed_spread.json``.
 """
 
@@ -50,8 +51,8 @@ def _score_rows(method, seed, source, targets, preds_by_list) -> list[dict]:
     return rows
 
 
-def baselines(shipped, train, test, lists, targets, seeds):
-    """The spot-token head (b) and the CNN, refitted per seed on each gene list (see the module docstring).
+def baselines(shipped, train, test, lists, targets, seeds, which=("spot", "cnn")):
+    """The spot-token head (b) and / or the CNN, refitted per seed on each gene list (see the module docstring).
 
     Yields the rows of each seed as they come."""
     import numpy as np
@@ -66,9 +67,13 @@ def baselines(shipped, train, test, lists, targets, seeds):
     Ytrs = {name: np.concatenate([y for y, _ in _slide_targets(train, gl)]) for name, gl in lists.items()}
     for seed in seeds:
         rows, t0 = [], time.time()
-        preds = {name: _spot_token_head(shipped, train, tok_tr, tok_te, gl, seed)[0] for name, gl in lists.items()}
-        rows += _score_rows(SPOT, seed, "refitted", targets, preds)
-        rows.append({"method": SPOT, "seed": seed, "fit_s": round(time.time() - t0, 1)})
+        if "spot" in which:
+            preds = {name: _spot_token_head(shipped, train, tok_tr, tok_te, gl, seed)[0] for name, gl in lists.items()}
+            rows += _score_rows(SPOT, seed, "refitted", targets, preds)
+            rows.append({"method": SPOT, "seed": seed, "fit_s": round(time.time() - t0, 1)})
+        if "cnn" not in which:
+            yield rows
+            continue
         t0 = time.time()
         preds, epochs = {}, {}
         for name, Ytr in Ytrs.items():
@@ -89,7 +94,11 @@ def main() -> None:
     ap.add_argument("--refit-zero", action="store_true")
     ap.add_argument("--work", default=str(ROOT / "runs" / "seed_spread"))
     ap.add_argument("--reuse", action="store_true", help="score checkpoints already refitted in --work instead of refitting")
-    ap.add_argument("--baselines", action="store_true", help="also refit the spot-token head (b) and the CNN per seed")
+    ap.add_argument("--baselines", nargs="*", choices=["spot", "cnn"], default=None,
+                    help="also refit the spot-token head (b) and / or the CNN per seed (no value: both)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of --out for the methods this run does not refit (e.g. the CNN, whose code and "
+                         "targets did not change), each marked with the date of the run that measured it")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "seed_spread.json"))
     args = ap.parse_args()
 
@@ -103,7 +112,14 @@ def main() -> None:
     top500 = st.pp.select_hvgs(train, 500)
     lists = {"quick top-50": st.pp.select_hvgs(train, 50), "full top-50": top500[:50], "full top-500": top500}
     targets = {name: _slide_targets(test, gl) for name, gl in lists.items()}  # shared by every method and seed
+    which = () if args.baselines is None else (tuple(args.baselines) or ("spot", "cnn"))
+    refitted = {label} | ({SPOT} if "spot" in which else set()) | ({CNN} if "cnn" in which else set())
     rows = []
+    if args.merge and Path(args.out).is_file():
+        import json
+
+        old = json.loads(Path(args.out).read_text())
+        rows = [{**r, "measured": r.get("measured", old["date"])} for r in old["rows"] if r["method"] not in refitted]
 
     def save(status: str) -> None:  # after every seed, so that a killed run keeps what it measured
         res = {"command": "python benchmarks/seed_spread.py " + " ".join(sys.argv[1:]), "machine": machine(),
@@ -130,8 +146,8 @@ def main() -> None:
         rows += _score_rows(label, seed, source, targets, by_list)
         rows.append({"method": label, "seed": seed, "source": source, "fit_s": round(fit_s, 1)})
         save("running")
-    if args.baselines:
-        for seed_rows in baselines(shipped, train, test, lists, targets, args.seeds):
+    if which:
+        for seed_rows in baselines(shipped, train, test, lists, targets, args.seeds, which):
             rows += seed_rows
             save("running")
     save("ok")
