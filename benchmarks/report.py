@@ -554,8 +554,8 @@ def section_seed_spread(res: dict) -> str:
         "\n## Seed spread of the shipped head" + (" and of the baselines" if has_baselines else "") + "\n",
         _env(res),
         f"- What: the default checkpoint's head is one fit (`tl.fit_expression_head` on C2–C4, top-{res['n_head_genes']} "
-        f"HVGs, `encoder_epochs=10`, targets neighbour-smoothed as `fit_expression_head` does by default since design "
-        "experiment 15, head seed 0, from the pretrained model `runs/{Path(res['pretrained']).parent.name}/model`). "
+        "HVGs, `encoder_epochs=10`, targets neighbour-smoothed as `fit_expression_head` does by default since design "
+        f"experiment 15, head seed 0, from the pretrained model `runs/{Path(res['pretrained']).parent.name}/model`). "
         "The same call with other head seeds, saved in float16 as shipped, scored on the held-out sections with "
         "`tl.impute_expression` (8-fold TTA) on the suites' gene lists. Report only: nothing was chosen from it."
         + (" With `--reuse` the refitted checkpoints of an earlier run of the same calls were scored (their fit took "
