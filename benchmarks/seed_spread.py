@@ -13,7 +13,8 @@ refits, with the same seeds and on the same gene lists, the two baselines the sh
 suites: the spot-token head (ablation (b): the package's head on each spot's own H&E token, no spatial encoder;
 one head per list as in the suites) and the ST-Net-like CNN (fixed epochs, 30 on the quick list and 60 on the full
 lists as in the suites, without the suites' time budget so that a busy CPU cannot shorten a run); ``--baselines
-spot`` refits only the first, and ``--merge`` keeps the earlier rows of every method not refitted. Results go to
+spot`` refits only the first, ``--baselines cnn-smoothed`` the CNN on the neighbour-smoothed targets STORM's heads
+train on, and ``--merge`` keeps the earlier rows of every method and seed not refitted. Results go to
 ``benchmarks/results/seed_spread.json``.
 """
 
@@ -35,6 +36,7 @@ from expression import _impute, _slide_targets, _spot_token_head, _spot_tokens  
 TRAIN, TEST = ["C2", "C3", "C4"], ["C5", "C6"]
 SPOT = "spot tokens + expression head (b)"
 CNN = "ST-Net-like CNN (from scratch)"
+CNN_SMOOTHED = "ST-Net-like CNN (from scratch, smoothed targets)"
 CNN_EPOCHS = {"quick": 30, "full": 60}  # the suites' epochs (benchmarks/expression.py SUITES)
 
 
@@ -60,27 +62,35 @@ def baselines(shipped, train, test, lists, targets, seeds, which=("spot", "cnn")
 
     import storm_st as st
     from storm_st._inference import D4
+    from storm_st.tl._expression import _smooth_targets
 
-    tok_tr, tok_te = _spot_tokens(shipped, train, D4), _spot_tokens(shipped, test, D4)  # the seeds share them
+    tok_tr, tok_te = (_spot_tokens(shipped, train, D4), _spot_tokens(shipped, test, D4)) if "spot" in which else (None, None)
     Ptr = np.concatenate([st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in train])
     Pte = [st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in test]
-    Ytrs = {name: np.concatenate([y for y, _ in _slide_targets(train, gl)]) for name, gl in lists.items()}
+    per_slide = {name: [y for y, _ in _slide_targets(train, gl)] for name, gl in lists.items()}
+    cnns = {  # method -> training targets per list: each spot's own, or smoothed as STORM's heads train on them
+        CNN: {name: np.concatenate(ys) for name, ys in per_slide.items()},
+        CNN_SMOOTHED: {
+            name: np.concatenate([_smooth_targets(a, y, None, None)[0] for a, y in zip(train, ys, strict=True)])
+            for name, ys in per_slide.items()
+        },
+    }
     for seed in seeds:
         rows, t0 = [], time.time()
         if "spot" in which:
             preds = {name: _spot_token_head(shipped, train, tok_tr, tok_te, gl, seed)[0] for name, gl in lists.items()}
             rows += _score_rows(SPOT, seed, "refitted", targets, preds)
             rows.append({"method": SPOT, "seed": seed, "fit_s": round(time.time() - t0, 1)})
-        if "cnn" not in which:
-            yield rows
-            continue
-        t0 = time.time()
-        preds, epochs = {}, {}
-        for name, Ytr in Ytrs.items():
-            epochs[name] = CNN_EPOCHS[name.split()[0]]
-            preds[name], _ = train_predict(Ptr, Ytr, Pte, epochs=epochs[name], seed=seed)
-        rows += _score_rows(CNN, seed, "trained", targets, preds)
-        rows.append({"method": CNN, "seed": seed, "fit_s": round(time.time() - t0, 1), "epochs": epochs})
+        for method, key in ((CNN, "cnn"), (CNN_SMOOTHED, "cnn-smoothed")):
+            if key not in which:
+                continue
+            t0 = time.time()
+            preds, epochs = {}, {}
+            for name, Ytr in cnns[method].items():
+                epochs[name] = CNN_EPOCHS[name.split()[0]]
+                preds[name], _ = train_predict(Ptr, Ytr, Pte, epochs=epochs[name], seed=seed)
+            rows += _score_rows(method, seed, "trained", targets, preds)
+            rows.append({"method": method, "seed": seed, "fit_s": round(time.time() - t0, 1), "epochs": epochs})
         yield rows
 
 
@@ -94,11 +104,12 @@ def main() -> None:
     ap.add_argument("--refit-zero", action="store_true")
     ap.add_argument("--work", default=str(ROOT / "runs" / "seed_spread"))
     ap.add_argument("--reuse", action="store_true", help="score checkpoints already refitted in --work instead of refitting")
-    ap.add_argument("--baselines", nargs="*", choices=["spot", "cnn"], default=None,
-                    help="also refit the spot-token head (b) and / or the CNN per seed (no value: both)")
+    ap.add_argument("--baselines", nargs="*", choices=["spot", "cnn", "cnn-smoothed"], default=None,
+                    help="also refit the spot-token head (b), the CNN, and / or the CNN on the smoothed targets STORM's "
+                         "heads train on, per seed (no value: the first two)")
     ap.add_argument("--merge", action="store_true",
-                    help="keep the rows of --out for the methods this run does not refit (e.g. the CNN, whose code and "
-                         "targets did not change), each marked with the date of the run that measured it")
+                    help="keep the rows of --out for the methods and seeds this run does not refit (e.g. the CNN, whose "
+                         "code and targets did not change), each marked with the date of the run that measured it")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "seed_spread.json"))
     args = ap.parse_args()
 
@@ -113,13 +124,15 @@ def main() -> None:
     lists = {"quick top-50": st.pp.select_hvgs(train, 50), "full top-50": top500[:50], "full top-500": top500}
     targets = {name: _slide_targets(test, gl) for name, gl in lists.items()}  # shared by every method and seed
     which = () if args.baselines is None else (tuple(args.baselines) or ("spot", "cnn"))
-    refitted = {label} | ({SPOT} if "spot" in which else set()) | ({CNN} if "cnn" in which else set())
+    names = {"spot": SPOT, "cnn": CNN, "cnn-smoothed": CNN_SMOOTHED}
+    refitted = {label} | {names[w] for w in which}
     rows = []
     if args.merge and Path(args.out).is_file():
         import json
 
         old = json.loads(Path(args.out).read_text())
-        rows = [{**r, "measured": r.get("measured", old["date"])} for r in old["rows"] if r["method"] not in refitted]
+        redone = {(m, sd) for m in refitted for sd in args.seeds}
+        rows = [{**r, "measured": r.get("measured", old["date"])} for r in old["rows"] if (r["method"], r["seed"]) not in redone]
 
     def save(status: str) -> None:  # after every seed, so that a killed run keeps what it measured
         res = {"command": "python benchmarks/seed_spread.py " + " ".join(sys.argv[1:]), "machine": machine(),
