@@ -568,7 +568,8 @@ def section_seed_spread(res: dict) -> str:
                    "list, 60 on the full lists, as in the suites but without their time budget). Rows marked `--merge` "
                    "were measured by an earlier run of the same code and kept. Since design experiment 15 the STORM "
                    "heads (shipped recipe and (b)) train on neighbour-smoothed targets (`fit_expression_head`'s "
-                   "default); the CNN trains on each spot's own expression, as the brief specifies it.\n")
+                   "default); the CNN trains on each spot's own expression, as the brief specifies it, and in the rows marked "
+                   "*smoothed targets* (`--baselines cnn-smoothed`, information only) on the same smoothed targets.\n")
     out.append("| method | seed | source | " + " | ".join(f"{g}, {sl}" for g, sl in cols) + " |")
     out.append("|---|---|---|" + "---|" * len(cols))
     means: dict[str, dict[tuple, list[float]]] = {}
