@@ -142,13 +142,8 @@ def fit_expression_head(
             "encoder_epochs > 0 trains the spatial encoder, but head_input='spot' reads the spot tokens alone and "
             "never the encoder: use head_input='centre' or 'centre+spot', or encoder_epochs=0."
         )
-    if smooth_targets is not None and (
-        isinstance(smooth_targets, bool)
-        or not (isinstance(smooth_targets, int | float) and 0.0 <= float(smooth_targets) <= 1.0)
-    ):
-        raise ValueError(
-            f"smooth_targets must be a number in [0, 1] (0 = own expression) or None (platform default), got {smooth_targets!r}."
-        )
+    if smooth_targets is not None:
+        _blend_weight(smooth_targets, "smooth_targets", "0 = own expression; None = platform default")
     prior_tuning = _encoder_tuning(base)
     if (encoder_epochs > 0 or finetune_epochs > 0) and prior_tuning:
         last = prior_tuning[-1]
@@ -245,6 +240,13 @@ def fit_expression_head(
     model_out.name = getattr(base, "name", base.config.name) + "+head"
     model_out.checkpoint_sha256 = None
     return model_out
+
+
+def _blend_weight(value: Any, name: str, meaning: str) -> float:
+    """``value`` as a float in ``[0, 1]`` (a neighbour-blending weight), or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not (isinstance(value, int | float) and 0.0 <= float(value) <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1] ({meaning}), got {value!r}.")
+    return float(value)
 
 
 #: default weight of ``fit_expression_head(smooth_targets=None)`` on the platforms below (design experiment 15)
@@ -354,9 +356,7 @@ def impute_expression(
     from storm_st import __version__
 
     ad = get_adata(adata, table_key)
-    if isinstance(smooth, bool) or not (isinstance(smooth, int | float) and 0.0 <= float(smooth) <= 1.0):
-        raise ValueError(f"smooth must be a number in [0, 1] (0 = no smoothing), got {smooth!r}.")
-    smooth = float(smooth)
+    smooth = _blend_weight(smooth, "smooth", "0 = no smoothing")
     model = resolve_model(model)
     if model.head is None:
         raise ValueError(
