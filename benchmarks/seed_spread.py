@@ -65,25 +65,25 @@ def baselines(shipped, train, test, lists, targets, seeds, which=("spot", "cnn")
     from storm_st.tl._expression import _smooth_targets
 
     tok_tr, tok_te = (_spot_tokens(shipped, train, D4), _spot_tokens(shipped, test, D4)) if "spot" in which else (None, None)
-    Ptr = np.concatenate([st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in train])
-    Pte = [st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in test]
-    per_slide = {name: [y for y, _ in _slide_targets(train, gl)] for name, gl in lists.items()}
-    cnns = {  # method -> training targets per list: each spot's own, or smoothed as STORM's heads train on them
-        CNN: {name: np.concatenate(ys) for name, ys in per_slide.items()},
-        CNN_SMOOTHED: {
-            name: np.concatenate([_smooth_targets(a, y, None, None)[0] for a, y in zip(train, ys, strict=True)])
-            for name, ys in per_slide.items()
-        },
-    }
+    cnn_methods = [(m, k) for m, k in ((CNN, "cnn"), (CNN_SMOOTHED, "cnn-smoothed")) if k in which]
+    cnns = {}  # method -> training targets per list: each spot's own, or smoothed as STORM's heads train on them
+    if cnn_methods:  # patches and targets only when a CNN is refitted
+        Ptr = np.concatenate([st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in train])
+        Pte = [st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in test]
+        per_slide = {name: [y for y, _ in _slide_targets(train, gl)] for name, gl in lists.items()}
+        for method, key in cnn_methods:
+            cnns[method] = {
+                name: np.concatenate([_smooth_targets(a, y, None, None)[0] for a, y in zip(train, ys, strict=True)])
+                if key == "cnn-smoothed" else np.concatenate(ys)
+                for name, ys in per_slide.items()
+            }
     for seed in seeds:
         rows, t0 = [], time.time()
         if "spot" in which:
             preds = {name: _spot_token_head(shipped, train, tok_tr, tok_te, gl, seed)[0] for name, gl in lists.items()}
             rows += _score_rows(SPOT, seed, "refitted", targets, preds)
             rows.append({"method": SPOT, "seed": seed, "fit_s": round(time.time() - t0, 1)})
-        for method, key in ((CNN, "cnn"), (CNN_SMOOTHED, "cnn-smoothed")):
-            if key not in which:
-                continue
+        for method, _ in cnn_methods:
             t0 = time.time()
             preds, epochs = {}, {}
             for name, Ytr in cnns[method].items():
