@@ -185,6 +185,21 @@ def test_pretrain_with_an_obsm_gene_encoder(tmp_path):
         main(["pretrain", "--config", str(tmp_path / "cfg.yaml")])
 
 
+def test_pretrain_with_stain_reference_auto(tmp_path):
+    """model.stain_reference: auto estimates the training slides' stains; the checkpoint carries them."""
+    from storm_st.cli import main
+    from storm_st.models import from_pretrained
+
+    a = st.datasets.demo()
+    a.write_h5ad(tmp_path / "demo.h5ad")
+    cfg = yaml.safe_load(_write_cfg(tmp_path, tmp_path / "run", 2).read_text())
+    cfg["model"]["stain_reference"] = "auto"
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["pretrain", "--config", str(tmp_path / "cfg.yaml")]) == 0
+    ref = from_pretrained(tmp_path / "run" / "model").config.stain_reference
+    assert ref == st.pp.stain_reference(a)
+
+
 def test_pretrain_with_an_he_only_wsi_slide(tmp_path):
     """A ``reader: wsi`` slide (an H&E image tiled into virtual spots) feeds H&E-only windows; bad specs are refused."""
     from PIL import Image

@@ -14,6 +14,7 @@ from storm_st.io._slide import SlideView, slide_views
 from storm_st.pp._genes import ExpressionRows, align_genes, expression_rows
 from storm_st.pp._neighbors import knn_window, window_offsets
 from storm_st.pp._patches import extract_patches
+from storm_st.pp._stain import StainParams, normalize_stains, slide_stains
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -51,6 +52,9 @@ class PreparedSlide:
     gene_feats
         ``(n, D)`` float32 per-spot embedding read by a model whose ``gene_input`` names an
         ``obsm`` key (e.g. NOVAE), or ``None``.
+    stains
+        ``(slide, reference)`` :class:`~storm_st.pp.StainParams` when the model normalises stains
+        (``config.stain_reference``): every patch read is normalised from the first to the second.
     """
 
     library_id: str
@@ -64,6 +68,7 @@ class PreparedSlide:
     patches: np.ndarray | None
     fov_um: float
     gene_feats: np.ndarray | None = None
+    stains: tuple[StainParams, StainParams] | None = None
 
     @property
     def n(self) -> int:
@@ -81,12 +86,16 @@ class PreparedSlide:
         return self.expr is not None
 
     def read_patches(self, rows: np.ndarray, size: int) -> np.ndarray:
-        """Patches of ``rows`` (from the cache if present), ``(len(rows), size, size, 3)`` uint8."""
+        """``(len(rows), size, size, 3)`` uint8 patches of ``rows``.
+
+        From the cache if present; stain-normalised when ``stains`` is set.
+        """
         if self.patches is not None and self.patches.shape[1] == size:
-            return self.patches[rows]
+            return self.patches[rows]  # normalised when cached
         if self.view is None or not self.view.has_image:
             raise ValueError(f"Slide {self.library_id!r} has no image.")
-        return extract_patches(self.view, rows, fov_um=self.fov_um, size=size)
+        x = extract_patches(self.view, rows, fov_um=self.fov_um, size=size)
+        return x if self.stains is None else normalize_stains(x, *self.stains)
 
 
 def _pitch(coords_um: np.ndarray) -> float:
@@ -145,6 +154,7 @@ def prepare_slides(
         expr_all = expression_rows(adata, al, layer=layer)  # rows computed per batch: flat memory
         present = al.present
         feats_all = gene_features(adata, config) if config.gene_obsm_key else None
+    reference = StainParams.from_dict(config.stain_reference) if use_he and config.stain_reference else None
     out = []
     for view in views:
         if view.n_spots < 1:
@@ -168,8 +178,10 @@ def prepare_slides(
             fov_um=float(fov),
             gene_feats=feats_all[view.obs_indices] if feats_all is not None else None,
         )
+        if use_he and reference is not None and view.has_image:
+            ps.stains = (slide_stains(view, ps.fov_um), reference)
         if use_he and cache_patches:
-            ps.patches = extract_patches(view, fov_um=ps.fov_um, size=cache_patches)
+            ps.patches = ps.read_patches(np.arange(ps.n), cache_patches)
         out.append(ps)
     if not out:
         raise ValueError("adata has no spots to embed.")

@@ -69,6 +69,10 @@ class StormConfig:
         ``"centre+spot"`` (that output concatenated with the centre spot's own input token, a skip
         connection around the spatial encoder, so the head sees the spot and its context side by side),
         or ``"spot"`` (the spot's own token alone: no spatial context, the ablation of the benchmarks).
+    stain_reference
+        Stain vectors and strengths (:func:`storm_st.pp.stain_reference`) every slide's H&E patches are normalised
+        to before the backbone reads them (Macenko; each slide's own stains estimated from its spot patches), or
+        ``None`` (default): patches as read.
     name
         Free-form model name recorded in provenance.
     """
@@ -95,10 +99,15 @@ class StormConfig:
     head_genes: list[str] = field(default_factory=list)
     head_hidden: int = 512
     head_input: str = "centre"
+    stain_reference: dict[str, Any] | None = None
     name: str = "storm"
 
     def __post_init__(self):
         check_head_input(self.head_input)
+        if self.stain_reference is not None:
+            from storm_st.pp._stain import StainParams
+
+            self.stain_reference = StainParams.from_dict(self.stain_reference).to_dict()  # checked, JSON-ready
         key = self.gene_obsm_key
         if self.gene_input != "expression" and not key:
             raise ValueError(

@@ -14,6 +14,7 @@ from ._genes import (
 from ._neighbors import knn_window, neighbor_windows
 from ._novae import novae_embeddings
 from ._patches import extract_patches, spot_patches
+from ._stain import StainParams, estimate_stains, normalize_stains, stain_reference
 
 __all__ = [
     "ExpressionRows",
@@ -22,6 +23,10 @@ __all__ = [
     "expression_input",
     "expression_rows",
     "extract_patches",
+    "StainParams",
+    "estimate_stains",
+    "normalize_stains",
+    "stain_reference",
     "gene_symbols",
     "knn_window",
     "log_normalize",

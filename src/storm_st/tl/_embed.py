@@ -101,6 +101,7 @@ def embed(
         "model": getattr(model, "name", model.config.name),
         "model_sha256": model_hash(model) or "",
         "modalities": "+".join(m for m, u in (("he", use_he), ("st", use_gene)) if u),
+        "stain_normalized": use_he and model.config.stain_reference is not None,
         "key_added": key_added,
         "params": {"library_key": library_key or "", "layer": layer or "", "tta": tta, "batch_size": batch_size},
         "version": __version__,

@@ -399,6 +399,7 @@ def impute_expression(
         "n_genes": len(wanted),
         "tta": tta,
         "smooth": smooth,
+        "stain_normalized": model.config.stain_reference is not None,
         "units": "log1p(counts per 10k)",
         "version": __version__,
     }

@@ -210,6 +210,13 @@ def pretrain(
         model_kw["gene_input_dim"] = _gene_features_dim(
             model_kw["gene_input"][5:], [a for a, u in zip(adatas, uses, strict=True) if "st" in u], cfg["data"]["novae_model"]
         )
+    if model_kw.get("stain_reference") == "auto":  # the stains of the H&E training slides
+        from storm_st.pp import stain_reference
+
+        he_slides = [a for a, u in zip(adatas, uses, strict=True) if "he" in u]
+        if not he_slides:
+            raise ValueError("model.stain_reference: auto needs at least one slide with H&E (use he+st or he).")
+        model_kw["stain_reference"] = stain_reference(he_slides)
     model_cfg = StormConfig(**model_kw)
     slides, slide_weights = [], []
     cache = cfg["data"]["cache_patch_size"] or model_cfg.image_size

@@ -1,0 +1,122 @@
+"""Stain normalisation (Macenko): estimation, normalisation, and the model path that applies it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _helpers import tiny_config, tiny_model
+
+import storm_st as st
+from storm_st.data import prepare_slides
+from storm_st.io import slide_views
+from storm_st.models import from_pretrained, save_pretrained
+from storm_st.pp import StainParams, estimate_stains, normalize_stains
+from storm_st.pp._patches import extract_patches
+
+H = np.array([0.65, 0.70, 0.29])
+E = np.array([0.07, 0.99, 0.11])
+
+
+def _compose(conc: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """8-bit RGB pixels from stain concentrations ``(n, 2)`` and unit stain vectors ``(3, 2)``."""
+    od = conc @ m.T
+    return np.clip(np.rint(np.exp(-od) * 256.0 - 1.0), 0, 255).astype(np.uint8)
+
+
+def _synthetic_he(n: int = 20000, h_gain: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    m = np.stack([H / np.linalg.norm(H), E / np.linalg.norm(E)], axis=1)
+    conc = np.stack([rng.gamma(2.0, 0.35, n), rng.gamma(2.0, 0.25, n)], axis=1)
+    conc[: n // 10] *= 0.05  # some near-white background
+    conc[:, 0] *= h_gain
+    return _compose(conc, m), m  # (n, 3) pixels
+
+
+def test_estimate_recovers_stain_vectors_in_order():
+    x, m = _synthetic_he()
+    p = estimate_stains(x)
+    cos = (p.stain_matrix * m).sum(axis=0)  # unit columns
+    assert (cos > 0.98).all(), cos  # haematoxylin first, eosin second
+    assert p.max_concentration[0] > p.max_concentration[1] > 0
+    assert p.n_pixels > 1000
+
+
+def test_normalize_is_identity_to_itself_and_undoes_a_stronger_haematoxylin():
+    x, _ = _synthetic_he()
+    p = estimate_stains(x)
+    np.testing.assert_array_equal(normalize_stains(x, p, p), x)
+    dark, _ = _synthetic_he(h_gain=1.5)  # same tissue, haematoxylin 1.5x stronger
+    q = estimate_stains(dark)
+    assert q.max_concentration[0] > 1.3 * p.max_concentration[0]
+    back = normalize_stains(dark, q, p)
+    before = np.abs(dark.astype(int) - x).mean()
+    after = np.abs(back.astype(int) - x).mean()
+    assert back.shape == dark.shape and back.dtype == np.uint8
+    assert after < 0.35 * before, (before, after)
+
+
+def test_bad_pixels_and_references_raise_clear_errors():
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        estimate_stains(np.zeros((4, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="stained pixels"):
+        estimate_stains(np.full((4, 8, 8, 3), 250, dtype=np.uint8))  # background only
+    with pytest.raises(ValueError, match="stain_matrix"):
+        StainParams.from_dict({"max_concentration": [1.0, 1.0]})
+    with pytest.raises(ValueError, match="positive max_concentration"):
+        StainParams.from_dict({"stain_matrix": [[1, 0], [0, 1], [0, 0]], "max_concentration": [1.0, 0.0]})
+    with pytest.raises(ValueError, match="stain_matrix"):
+        tiny_config(stain_reference={"stain_matrix": [[1, 0]], "max_concentration": [1.0, 1.0]})
+
+
+def test_stain_reference_rides_in_the_checkpoint(tmp_path):
+    x, _ = _synthetic_he()
+    ref = estimate_stains(x).to_dict()
+    m = tiny_model(stain_reference=ref)
+    m2 = from_pretrained(save_pretrained(m, tmp_path / "ck"))
+    assert m2.config.stain_reference == m.config.stain_reference
+    np.testing.assert_allclose(m2.config.stain_reference["stain_matrix"], ref["stain_matrix"])
+
+
+def test_model_with_a_reference_normalises_every_patch_it_reads():
+    a = st.datasets.demo()
+    lib = next(iter(a.uns["spatial"]))
+    img_before = a.uns["spatial"][lib]["images"]["hires"].copy()
+    own = st.pp.stain_reference(a)
+    assert set(own) == {"stain_matrix", "max_concentration", "n_pixels"}
+    other = estimate_stains(_synthetic_he()[0]).to_dict()  # another lab's stains
+    plain = prepare_slides(a, tiny_config(), use_he=True, use_gene=False)[0]
+    assert plain.stains is None
+    rows = np.arange(8)
+    raw = plain.read_patches(rows, 32)
+    # a slide normalised to its own stains (the same sample of spots) comes back unchanged
+    np.testing.assert_array_equal(
+        prepare_slides(a, tiny_config(stain_reference=own), use_he=True, use_gene=False)[0].read_patches(rows, 32), raw
+    )
+    normed = prepare_slides(a, tiny_config(stain_reference=other), use_he=True, use_gene=False)[0]
+    out = normed.read_patches(rows, 32)
+    np.testing.assert_array_equal(out, normalize_stains(raw, *normed.stains))
+    assert np.abs(out.astype(int) - raw).mean() > 5.0
+    # cached patches (training) are normalised once, the same way; the user's image is untouched
+    cached = prepare_slides(a, tiny_config(stain_reference=other), use_he=True, use_gene=False, cache_patches=32)[0]
+    np.testing.assert_array_equal(cached.read_patches(rows, 32), out)
+    np.testing.assert_array_equal(a.uns["spatial"][lib]["images"]["hires"], img_before)
+    # and the embedding reads them: same weights, different stains, different embedding
+    m_plain, m_norm = tiny_model(), tiny_model(stain_reference=other)
+    b1 = st.tl.embed(a, m_plain, modalities="he", copy=True, show_progress=False)
+    b2 = st.tl.embed(a, m_norm, modalities="he", copy=True, show_progress=False)
+    e1, e2 = b1.obsm["X_storm"], b2.obsm["X_storm"]
+    assert e1.shape == e2.shape and not np.allclose(e1, e2)
+    assert b2.uns["storm"]["stain_normalized"] and not b1.uns["storm"]["stain_normalized"]
+
+
+def test_real_patches_with_a_stronger_haematoxylin_come_back():
+    a = st.datasets.demo()
+    x = extract_patches(slide_views(a)[0], np.arange(60), size=48)
+    p = estimate_stains(x)
+    od = -np.log((x.reshape(-1, 3).astype(np.float64) + 1) / 256)
+    conc = od @ np.linalg.pinv(p.stain_matrix).T
+    resid = od - conc @ p.stain_matrix.T
+    dark_od = (conc * [1.5, 1.0]) @ p.stain_matrix.T + resid
+    dark = np.clip(np.rint(np.exp(-dark_od) * 256 - 1), 0, 255).astype(np.uint8).reshape(x.shape)
+    back = normalize_stains(dark, estimate_stains(dark), p)
+    assert np.abs(back.astype(int) - x).mean() < 0.35 * np.abs(dark.astype(int) - x).mean()
