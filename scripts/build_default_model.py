@@ -78,16 +78,14 @@ def main() -> None:
     ap.add_argument("--encoder", default=None, help="refit the head on this checkpoint's encoder instead of --run's")
     ap.add_argument("--out", default=str(ROOT / "src/storm_st/models/_weights/default"))
     ap.add_argument("--docs-only", action="store_true", help="rewrite docs/pretraining.md from the checkpoint at --out")
-    ap.add_argument("--set-stain-reference", choices=["auto", "none"], default=None,
-                    help="only set the checkpoint at --out's config.stain_reference (auto: pp.stain_reference of the "
-                         "training slides; design experiment 16), weights unchanged, then rewrite the docs")
+    ap.add_argument("--record-training-stains", action="store_true",
+                    help="only record the stains of the training slides in the checkpoint at --out (extra['training_stains'], "
+                         "used by load_model(stain_normalize=True); weights and behaviour unchanged), then rewrite the docs")
     args = ap.parse_args()
     run = Path(args.run)
-    if args.set_stain_reference:
+    if args.record_training_stains:
         model = from_pretrained(args.out)
-        model.config.stain_reference = (
-            st.pp.stain_reference([st.datasets.her2st(s) for s in TRAIN]) if args.set_stain_reference == "auto" else None
-        )
+        model.extra["training_stains"] = st.pp.stain_reference([st.datasets.her2st(s) for s in TRAIN])
         save_pretrained(model, args.out, dtype=torch.float16)
         args.docs_only = True
     if args.docs_only:  # the checkpoint stays byte-identical (benchmarks name it by its sha256)
@@ -145,9 +143,12 @@ def main() -> None:
     cfg = info.get("config", {})
     tcfg = cfg.get("training", {})
     init = tcfg.get("init_backbone")
-    sup = {}
+    sup = model.extra.get("backbone_start", {})  # recorded in the checkpoint, for rebuilds of the docs without runs/
     if init and Path(init).with_suffix(".json").is_file():  # written by scripts/supervised_backbone.py
         sup = json.loads(Path(init).with_suffix(".json").read_text())
+        if not args.docs_only:
+            model.extra["backbone_start"] = sup
+            save_pretrained(model, out, dtype=torch.float16)
     sup_cmd = (
         f"python scripts/supervised_backbone.py --config configs/default.yaml --train {' '.join(sup.get('train', TRAIN))} "
         f"--epochs {sup.get('epochs', 40)} --out {init}\n" if init else ""
@@ -195,7 +196,7 @@ python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {a
 | optimizer steps | {info.get('steps')} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}{', centres drawn as a contiguous region' if cfg.get('data', {}).get('contiguous') else ', random centres'}) |
 | pretraining wall time | {info.get('wall_time_s') or 'see the log'} s on the CPU above, shared with other work |
 | expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), reads {HEAD_READS[model.config.head_input]}{f', trained on neighbour-smoothed targets (w = {smooth_used:g}, design experiment 15)' if smooth_used else ''}, 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.encoder_epochs} epochs training the spatial encoder with the head on the frozen backbone tokens (design experiment 12; every embedding of the shipped model uses that tuned encoder)' if args.encoder_epochs else ''}{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
-| stain normalisation | {'every slide normalised to the stains of ' + ', '.join(TRAIN) + ' (Macenko; `config.stain_reference`, set with `--set-stain-reference auto`, design experiment 16)' if model.config.stain_reference else 'none (patches as read)'} |
+| stain normalisation | {'every slide normalised to the stains of ' + ', '.join(TRAIN) + ' (Macenko; `config.stain_reference`)' if model.config.stain_reference else 'off (patches as read; design experiment 16)'}{'; the stains of ' + ', '.join(TRAIN) + ' are recorded (`--record-training-stains`), so `load_model(stain_normalize=True)` normalises every slide to them' if model.extra.get('training_stains') else ''} |
 | checkpoint | float16 safetensors + config.json with sha256 (of the weights), {size:.1f} MiB |
 
 ![pretraining loss](_static/pretraining_loss.png)

@@ -68,6 +68,15 @@ def test_bad_pixels_and_references_raise_clear_errors():
         tiny_config(stain_reference={"stain_matrix": [[1, 0]], "max_concentration": [1.0, 1.0]})
 
 
+def test_load_model_switches_normalisation_to_the_training_stains():
+    m = st.load_model(stain_normalize=True)  # the default checkpoint records the stains of HER2ST C2-C4
+    assert m.config.stain_reference == StainParams.from_dict(m.extra["training_stains"]).to_dict()
+    assert st.load_model().config.stain_reference is None  # off unless asked for
+    bare = tiny_model()
+    with pytest.raises(ValueError, match="records no stains"):
+        st.models.set_stain_normalization(bare, True)
+
+
 def test_stain_reference_rides_in_the_checkpoint(tmp_path):
     x, _ = _synthetic_he()
     ref = estimate_stains(x).to_dict()

@@ -196,8 +196,16 @@ def test_pretrain_with_stain_reference_auto(tmp_path):
     cfg["model"]["stain_reference"] = "auto"
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["pretrain", "--config", str(tmp_path / "cfg.yaml")]) == 0
-    ref = from_pretrained(tmp_path / "run" / "model").config.stain_reference
-    assert ref == st.pp.stain_reference(a)
+    m = from_pretrained(tmp_path / "run" / "model")
+    assert m.config.stain_reference == st.pp.stain_reference(a) == m.extra["training_stains"]
+    # every pretrained checkpoint records its training stains, so normalisation can be switched on when loading
+    cfg["model"]["stain_reference"] = None
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["pretrain", "--config", str(tmp_path / "cfg.yaml"), "--output", str(tmp_path / "run2")]) == 0
+    assert st.load_model(tmp_path / "run2" / "model").config.stain_reference is None
+    m2 = st.load_model(tmp_path / "run2" / "model", stain_normalize=True)
+    assert m2.config.stain_reference == m.config.stain_reference
+    assert st.load_model(tmp_path / "run" / "model", stain_normalize=False).config.stain_reference is None
 
 
 def test_pretrain_with_an_he_only_wsi_slide(tmp_path):

@@ -144,6 +144,7 @@ def load_model(
     he_weights: str | Path | None = None,
     gene_vocab: list[str] | None = None,
     map_location: str | torch.device = "cpu",
+    stain_normalize: bool | None = None,
     **config_overrides: Any,
 ) -> StormModel:
     """Load a STORM model.
@@ -163,6 +164,11 @@ def load_model(
         Gene vocabulary of a fresh architecture.
     map_location
         Device.
+    stain_normalize
+        ``True``: normalise every slide the model reads to the stains of its H&E training slides (Macenko;
+        ``config.stain_reference`` is set from the checkpoint's record ``extra["training_stains"]``, written by
+        ``storm-st pretrain`` and present in the default checkpoint) -- for slides from other labs or scanners.
+        ``False``: read patches as they are. ``None`` (default): as the checkpoint says.
     **config_overrides
         Fields of :class:`~storm_st.models.StormConfig` for a fresh architecture.
 
@@ -170,6 +176,31 @@ def load_model(
     -------
     The model, in ``eval()`` mode.
     """
+    model = _load(name_or_path, he_weights=he_weights, gene_vocab=gene_vocab, map_location=map_location,
+                  **config_overrides)
+    if stain_normalize is not None:
+        set_stain_normalization(model, stain_normalize)
+    return model
+
+
+def set_stain_normalization(model: StormModel, on: bool) -> None:
+    """Switch ``model``'s stain normalisation to its H&E training slides' stains on or off (see :func:`load_model`)."""
+    if not on:
+        model.config.stain_reference = None
+        return
+    ref = model.config.stain_reference or (getattr(model, "extra", None) or {}).get("training_stains")
+    if ref is None:
+        raise ValueError(
+            "This checkpoint records no stains of its training slides (extra['training_stains']), so stain_normalize=True "
+            "has no reference; set one from the slides it was trained on: "
+            "model.config.stain_reference = storm_st.pp.stain_reference(training_slides)."
+        )
+    from storm_st.pp._stain import StainParams
+
+    model.config.stain_reference = StainParams.from_dict(ref).to_dict()
+
+
+def _load(name_or_path, *, he_weights, gene_vocab, map_location, **config_overrides) -> StormModel:
     name = str(name_or_path)
     if name == "default":
         if not (_DEFAULT_DIR / WEIGHTS).is_file():

@@ -210,13 +210,16 @@ def pretrain(
         model_kw["gene_input_dim"] = _gene_features_dim(
             model_kw["gene_input"][5:], [a for a, u in zip(adatas, uses, strict=True) if "st" in u], cfg["data"]["novae_model"]
         )
-    if model_kw.get("stain_reference") == "auto":  # the stains of the H&E training slides
+    he_slides = [a for a, u in zip(adatas, uses, strict=True) if "he" in u]
+    stains_file = out / "training_stains.json"  # recorded in the checkpoint: load_model(stain_normalize=True)
+    if he_slides:
         from storm_st.pp import stain_reference
 
-        he_slides = [a for a, u in zip(adatas, uses, strict=True) if "he" in u]
+        stains_file.write_text(json.dumps(stain_reference(he_slides)))
+    if model_kw.get("stain_reference") == "auto":  # normalise every slide to the stains of the H&E training slides
         if not he_slides:
             raise ValueError("model.stain_reference: auto needs at least one slide with H&E (use he+st or he).")
-        model_kw["stain_reference"] = stain_reference(he_slides)
+        model_kw["stain_reference"] = json.loads(stains_file.read_text())
     model_cfg = StormConfig(**model_kw)
     slides, slide_weights = [], []
     cache = cfg["data"]["cache_patch_size"] or model_cfg.image_size
@@ -311,6 +314,8 @@ def export_run(
     if world_size is not None:
         info["world_size"] = world_size
     extra = {"pretraining": info}
+    if (out / "training_stains.json").is_file():
+        extra["training_stains"] = json.loads((out / "training_stains.json").read_text())
     model.extra = extra
     save_pretrained(model, out / "model", extra=extra)
     return out / "model"
