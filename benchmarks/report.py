@@ -618,6 +618,8 @@ def section_stain_shift(res: dict) -> str:
         + " | ".join(" / ".join(f"{v:.1f}" for v in c["mean_abs_rgb_change"]) for c in conds) + " |",
     ]
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    bases = [m for m in methods if "stains normalised" not in m]
+    methods.sort(key=lambda m: (next((i for i, b in enumerate(bases) if m.startswith(b)), len(bases)), m))
     for m in methods:
         out.append(f"| {m} | " + " | ".join(" / ".join(f"{by[(m, c['condition'], sl)]:.3f}" for sl in slides)
                                           for c in conds) + " |")
