@@ -115,6 +115,9 @@ def main() -> None:
         model.extra["head"]["slides"] = TRAIN
         model.extra["head"]["wall_time_s"] = round(head_s, 1)
         model.extra["machine"] = machine()
+        init = model.extra.get("pretraining", {}).get("config", {}).get("training", {}).get("init_backbone")
+        if init and Path(init).with_suffix(".json").is_file():  # written by scripts/supervised_backbone.py; kept in the
+            model.extra["backbone_start"] = json.loads(Path(init).with_suffix(".json").read_text())  # checkpoint for docs
         out = save_pretrained(model, args.out, dtype=torch.float16)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     print(f"default checkpoint: {out} ({size:.1f} MiB)")
@@ -143,12 +146,7 @@ def main() -> None:
     cfg = info.get("config", {})
     tcfg = cfg.get("training", {})
     init = tcfg.get("init_backbone")
-    sup = model.extra.get("backbone_start", {})  # recorded in the checkpoint, for rebuilds of the docs without runs/
-    if init and Path(init).with_suffix(".json").is_file():  # written by scripts/supervised_backbone.py
-        sup = json.loads(Path(init).with_suffix(".json").read_text())
-        if not args.docs_only:
-            model.extra["backbone_start"] = sup
-            save_pretrained(model, out, dtype=torch.float16)
+    sup = model.extra.get("backbone_start", {})  # facts of the supervised start, recorded when the head was fitted
     sup_cmd = (
         f"python scripts/supervised_backbone.py --config configs/default.yaml --train {' '.join(sup.get('train', TRAIN))} "
         f"--epochs {sup.get('epochs', 40)} --out {init}\n" if init else ""

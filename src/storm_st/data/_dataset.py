@@ -178,7 +178,7 @@ def prepare_slides(
             fov_um=float(fov),
             gene_feats=feats_all[view.obs_indices] if feats_all is not None else None,
         )
-        if use_he and reference is not None and view.has_image:
+        if reference is not None and view.has_image:  # reference is None unless use_he
             ps.stains = (slide_stains(view, ps.fov_um), reference)
         if use_he and cache_patches:
             ps.patches = ps.read_patches(np.arange(ps.n), cache_patches)

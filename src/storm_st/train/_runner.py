@@ -211,15 +211,16 @@ def pretrain(
             model_kw["gene_input"][5:], [a for a, u in zip(adatas, uses, strict=True) if "st" in u], cfg["data"]["novae_model"]
         )
     he_slides = [a for a, u in zip(adatas, uses, strict=True) if "he" in u]
-    stains_file = out / "training_stains.json"  # recorded in the checkpoint: load_model(stain_normalize=True)
-    if he_slides:
+    training_stains = None
+    if he_slides:  # recorded in the checkpoint (export_run): load_model(stain_normalize=True)
         from storm_st.pp import stain_reference
 
-        stains_file.write_text(json.dumps(stain_reference(he_slides)))
+        training_stains = stain_reference(he_slides)
+        (out / "training_stains.json").write_text(json.dumps(training_stains))
     if model_kw.get("stain_reference") == "auto":  # normalise every slide to the stains of the H&E training slides
-        if not he_slides:
+        if training_stains is None:
             raise ValueError("model.stain_reference: auto needs at least one slide with H&E (use he+st or he).")
-        model_kw["stain_reference"] = json.loads(stains_file.read_text())
+        model_kw["stain_reference"] = training_stains
     model_cfg = StormConfig(**model_kw)
     slides, slide_weights = [], []
     cache = cfg["data"]["cache_patch_size"] or model_cfg.image_size
