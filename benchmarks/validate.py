@@ -8,6 +8,7 @@ fine-tuning) were made on these numbers, and then measured once on C5/C6 by ``ru
     python benchmarks/validate.py storm --model runs/val_supinit_lowlr/model --head-genes 50 --head-input centre centre+spot
     python benchmarks/validate.py storm --model runs/val_supinit_lowlr/model --head-genes 50 --encoder-epochs 0 10
     python benchmarks/validate.py decoder --ckpt runs/val_supinit_lowlr/checkpoints/last.ckpt
+    python benchmarks/validate.py stain --model runs/val_supinit_lowlr/model --head-genes 50 --seed 0
 
 Prints the median gene-wise PCC over the top 50 seurat_v3 HVGs of C2 + C3, measured on C4.
 """
@@ -116,6 +117,40 @@ def decoder(args) -> None:
         print(f"decoder {args.ckpt} {name} tta={args.tta}: median PCC {np.nanmedian(r):.4f} over {len(cols)} of 50 genes in its vocabulary", flush=True)
 
 
+def stain(args) -> None:
+    """Design experiment 17: the same head fitted and applied without / with stain normalisation, scored on C4 as read
+    and on C4 re-stained by ``stain_shift.py``'s six conditions (the validation model's training stains as reference)."""
+    import copy
+    import json
+
+    from stain_shift import CONDITIONS, restain
+
+    train, val = _data()
+    genes50 = st.pp.select_hvgs(train, 50)
+    genes = st.pp.select_hvgs(train, args.head_genes)
+    base = st.load_model(args.model)
+    slides = {name: val if f is None else restain(val, f)[0] for name, f in CONDITIONS.items()}
+    for norm in args.normalize:
+        b = copy.deepcopy(base)
+        st.models.set_stain_normalization(b, bool(norm))
+        t0 = time.time()
+        m = st.tl.fit_expression_head(train, b, genes=genes, seed=args.seed, head_input="centre",
+                                      encoder_epochs=args.encoder_epochs, show_progress=False)
+        fit_s = time.time() - t0
+        if args.save:
+            st.models.save_pretrained(m, f"{args.save}_{'norm' if norm else 'plain'}")
+        res = {}
+        for name, a in slides.items():
+            v = a.copy()
+            out = st.tl.impute_expression(v, m, genes=genes50, key_added="virtual", show_progress=False)
+            res[name] = round(float(np.nanmedian(st.tl.expression_pcc(v, out, genes=genes50))), 4)
+        restained = float(np.mean([r for k, r in res.items() if k != "original"]))
+        print(json.dumps({"model": args.model, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
+                          "seed": args.seed, "stains_normalised": bool(norm), "fit_s": round(fit_s),
+                          "as_read": res["original"], "restained_mean": round(restained, 4), "per_condition": res}),
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -134,14 +169,21 @@ def main() -> None:
     s.add_argument("--smooth-targets", type=lambda v: None if v == "auto" else float(v), nargs="+", default=[None],
                    help="fit_expression_head(smooth_targets=...); 'auto' (default) = the package's platform default. "
                         "Entries of scripts/design_experiments.md before experiment 15 ran without it: add --smooth-targets 0")
+    n = sub.add_parser("stain", help="design experiment 17: heads fitted without / with stain normalisation")
+    n.add_argument("--model", required=True)
+    n.add_argument("--head-genes", type=int, default=50)
+    n.add_argument("--encoder-epochs", type=int, default=10)
+    n.add_argument("--normalize", type=int, nargs="+", default=[0, 1], help="0: as read, 1: stains normalised")
+    n.add_argument("--save", default=None, help="save each fitted model to SAVE_plain / SAVE_norm")
+    n.add_argument("--threads", type=int, default=2)
     d = sub.add_parser("decoder")
     d.add_argument("--ckpt", required=True, help="a pretraining run's checkpoints/last.ckpt")
     d.add_argument("--tta", action="store_true")
-    for p in (c, s):
+    for p in (c, s, n):
         p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(getattr(args, "threads", 2))
-    {"cnn": cnn, "storm": storm, "decoder": decoder}[args.what](args)
+    {"cnn": cnn, "storm": storm, "decoder": decoder, "stain": stain}[args.what](args)
 
 
 if __name__ == "__main__":
