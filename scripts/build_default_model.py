@@ -78,6 +78,9 @@ def main() -> None:
     ap.add_argument("--encoder", default=None, help="refit the head on this checkpoint's encoder instead of --run's")
     ap.add_argument("--out", default=str(ROOT / "src/storm_st/models/_weights/default"))
     ap.add_argument("--docs-only", action="store_true", help="rewrite docs/pretraining.md from the checkpoint at --out")
+    ap.add_argument("--stain-normalize", action="store_true",
+                    help="fit the head on stain-normalised patches and keep normalisation on in the checkpoint "
+                         "(config.stain_reference = the stains of the H&E training slides; design experiment 17)")
     ap.add_argument("--record-training-stains", action="store_true",
                     help="only record the stains of the training slides in the checkpoint at --out (extra['training_stains'], "
                          "used by load_model(stain_normalize=True); weights and behaviour unchanged), then rewrite the docs")
@@ -106,6 +109,8 @@ def main() -> None:
             model = from_pretrained(run / "model")
         t0 = time.time()
         train = [st.datasets.her2st(s) for s in TRAIN]
+        if args.stain_normalize:  # every slide, training ones included, normalised to the run's recorded training stains
+            st.models.set_stain_normalization(model, True)
         genes = st.pp.select_hvgs(train, args.n_genes)
         model = st.tl.fit_expression_head(
             train, model, genes=genes, finetune_epochs=args.finetune_epochs, head_input=args.head_input,
@@ -180,7 +185,7 @@ this machine: **{model.extra['machine']}**.
 
 ```bash
 {sup_cmd}storm-st pretrain --config configs/default.yaml
-python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}{f' --head-input {args.head_input}' if args.head_input != 'centre' else ''}{f' --encoder-epochs {args.encoder_epochs}' if args.encoder_epochs else ''}{'' if args.smooth_targets is None else f' --smooth-targets {args.smooth_targets:g}'}
+python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}{f' --head-input {args.head_input}' if args.head_input != 'centre' else ''}{f' --encoder-epochs {args.encoder_epochs}' if args.encoder_epochs else ''}{'' if args.smooth_targets is None else f' --smooth-targets {args.smooth_targets:g}'}{' --stain-normalize' if model.config.stain_reference else ''}
 ```
 
 | | |
@@ -194,7 +199,7 @@ python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {a
 | optimizer steps | {info.get('steps')} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}{', centres drawn as a contiguous region' if cfg.get('data', {}).get('contiguous') else ', random centres'}) |
 | pretraining wall time | {info.get('wall_time_s') or 'see the log'} s on the CPU above, shared with other work |
 | expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), reads {HEAD_READS[model.config.head_input]}{f', trained on neighbour-smoothed targets (w = {smooth_used:g}, design experiment 15)' if smooth_used else ''}, 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.encoder_epochs} epochs training the spatial encoder with the head on the frozen backbone tokens (design experiment 12; every embedding of the shipped model uses that tuned encoder)' if args.encoder_epochs else ''}{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
-| stain normalisation | {'every slide normalised to the stains of ' + ', '.join(TRAIN) + ' (Macenko; `config.stain_reference`)' if model.config.stain_reference else 'off (patches as read; design experiment 16)'}{'; the stains of ' + ', '.join(TRAIN) + ' are recorded (`--record-training-stains`), so `load_model(stain_normalize=True)` normalises every slide to them' if model.extra.get('training_stains') else ''} |
+| stain normalisation | {'every slide normalised to the stains of ' + ', '.join(TRAIN) + ' (Macenko; `config.stain_reference`; design experiment 17), head fitted on normalised patches; `load_model(stain_normalize=False)` reads patches as they are' if model.config.stain_reference else 'off (patches as read; design experiments 16, 17)'}{'; the stains of ' + ', '.join(TRAIN) + ' are recorded (`--record-training-stains`), so `load_model(stain_normalize=True)` normalises every slide to them' if model.extra.get('training_stains') else ''} |
 | checkpoint | float16 safetensors + config.json with sha256 (of the weights), {size:.1f} MiB |
 
 ![pretraining loss](_static/pretraining_loss.png)
