@@ -595,6 +595,15 @@ def section_seed_spread(res: dict) -> str:
     return "\n".join(out)
 
 
+def _measured_note(rows: list[dict]) -> str:
+    """A sentence naming the methods whose rows an earlier run measured and ``--merge`` kept ('' when none)."""
+    kept = {r["method"]: r["measured"][:10] for r in rows if r.get("measured")}
+    if not kept:
+        return ""
+    return " Kept from an earlier run of the same code (`--merge`): " + "; ".join(
+        f"{m}, measured {d}" for m, d in kept.items()) + "."
+
+
 def section_stain_shift(res: dict) -> str:
     """H&E → expression under re-stained test sections (``benchmarks/stain_shift.py``)."""
     rows = res["rows"]
@@ -607,11 +616,14 @@ def section_stain_shift(res: dict) -> str:
         "- What: the held-out sections re-stained in optical-density space (Ruifrok & Johnston's haematoxylin / eosin "
         "vectors: a stain's density multiplied by the factor named, the image recomposed with the inverse matrix) over "
         "the region the patches are cut from; every model trained once on the unperturbed C2–C4 (seed "
-        f"{res['seed']}) and applied to each condition. *Stains normalised*: the same weights with `config.stain_reference` "
-        "= `pp.stain_reference(C2–C4)`, so every slide's patches are normalised to the training slides' stains (Macenko; "
-        "the shipped head is the one fitted on unnormalised patches; the spot-token head (b) is refitted on normalised "
-        "ones; the CNN is trained and applied on patches normalised the same way). Median gene-wise Pearson r over the quick "
-        "suite's top-50 HVGs, " + " / ".join(slides) + " in each cell. Report only: nothing was chosen from it.\n",
+        f"{res['seed']}) and applied to each condition. *Stains normalised*: the same weights with every slide's patches "
+        "normalised to the training slides' stains (Macenko; `load_model(stain_normalize=True)`; rows without it: "
+        "`stain_normalize=False`). The shipped head is used as shipped, fitted on "
+        + res.get("shipped_head_fitted_on", "unnormalised patches")
+        + "; the spot-token head (b) is refitted on each kind of patch; the CNN is trained and applied on patches "
+        "normalised the same way. Median gene-wise Pearson r over the quick "
+        "suite's top-50 HVGs, " + " / ".join(slides) + " in each cell. Report only: nothing was chosen from it."
+        + _measured_note(rows) + "\n",
         "| method | " + " | ".join(c["condition"] for c in conds) + " |",
         "|---|" + "---|" * len(conds),
         "| *ΔRGB (mean absolute change of the 8-bit values)* | "

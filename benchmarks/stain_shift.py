@@ -11,12 +11,16 @@ and to every method.
 Methods, trained once on the unperturbed C2-C4 with head / training seed 0 and then applied to every condition:
 the shipped checkpoint's own head (``tl.impute_expression``, 8-fold TTA), the spot-token head (ablation (b): the
 package's head on each spot's own H&E token, no spatial encoder) and the ST-Net-like CNN of the suites (30 epochs, as in
-the quick suite). Each also *with stains normalised*: the shipped weights with ``config.stain_reference`` set to
-``pp.stain_reference(C2-C4)``, so that every slide's patches are normalised to the training slides' stains (Macenko;
-the shipped head was fitted on unnormalised patches, (b)'s head is refitted on normalised ones), and the CNN trained
-and applied on patches normalised the same way. Metric: median gene-wise PCC over the quick suite's top-50 HVGs of C2-C4, per section::
+the quick suite). Each with and without *stains normalised*: ``load_model(stain_normalize=True / False)``, i.e. the
+same weights with every slide's patches normalised to the stains the checkpoint records for its training slides
+C2-C4 (Macenko) or read as they are (the shipped head is used as shipped whichever patches it was fitted on, recorded in
+the results; (b)'s head is refitted on each kind), and the CNN trained and applied on patches normalised the same way.
+Metric: median gene-wise PCC over the quick suite's top-50 HVGs of C2-C4, per section::
 
-    python benchmarks/stain_shift.py [--no-cnn] [--test C5 C6]
+    python benchmarks/stain_shift.py [--no-cnn [--merge]] [--test C5 C6]
+
+``--merge`` (with ``--no-cnn``) keeps the CNN rows of the previous results file, marked with the date that measured
+them: the CNN does not depend on the STORM checkpoint.
 
 Results go to ``benchmarks/results/stain_shift.json``; ``benchmarks/report.py`` renders them.
 """
@@ -24,7 +28,6 @@ Results go to ``benchmarks/results/stain_shift.json``; ``benchmarks/report.py`` 
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
@@ -97,16 +100,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test", nargs="+", default=["C5", "C6"],
                     help="sections scored (C4, a training section of the shipped model, for design experiment 16)")
+    ap.add_argument("--merge", action="store_true",
+                    help="with --no-cnn: keep the previous results' CNN rows (the CNN does not use the checkpoint)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stain_shift.json"))
     args = ap.parse_args()
+    if args.merge and not args.no_cnn:
+        ap.error("--merge keeps the previous CNN rows, so it goes with --no-cnn")
 
     t_start, date = time.time(), now()
     train = [st.datasets.her2st(s) for s in TRAIN]
     test = [st.datasets.her2st(s) for s in args.test]
-    shipped = st.load_model()
-    normed = copy.deepcopy(shipped)  # the same weights; every slide's patches normalised to C2-C4's stains
-    normed.config.stain_reference = reference = st.pp.stain_reference(train)
-    models = {"": shipped, NORM: normed}
+    head_on = "normalised" if st.load_model().config.stain_reference is not None else "unnormalised"
+    normed = st.load_model(stain_normalize=True)  # patches normalised to the recorded stains of C2-C4
+    reference = normed.config.stain_reference
+    models = {"": st.load_model(stain_normalize=False), NORM: normed}
     genes = st.pp.select_hvgs(train, 50)
     targets = _slide_targets(test, genes)
     conds, times = [], {}
@@ -157,6 +164,14 @@ def main() -> None:
             preds[CNN + v] = per_condition(flat)
 
     rows = []
+    if args.merge and Path(args.out).is_file():
+        import json
+
+        old = json.loads(Path(args.out).read_text())
+        if [c["condition"] for c in old["conditions"]] != [c["condition"] for c in conds] or old["seed"] != args.seed:
+            raise SystemExit(f"--merge: {args.out} has other conditions or another seed; run the CNN again")
+        rows = [{**r, "measured": r.get("measured", old["date"])} for r in old["rows"]
+                if r["method"].startswith(CNN) and r["slide"] in args.test]
     for method, per_cond in preds.items():
         for cond, per_slide in zip(conds, per_cond, strict=False):
             for slide, (y, present), p in zip(args.test, targets, per_slide, strict=True):
@@ -165,7 +180,8 @@ def main() -> None:
                              **{k: sc[k] for k in ("pcc_median", "pcc_mean", "pcc_n", "mse")}})
     res = {"command": "python benchmarks/stain_shift.py " + " ".join(sys.argv[1:]), "machine": machine(),
            "versions": versions(), "date": date, "date_end": now(), "wall_s": round(time.time() - t_start, 1),
-           "status": "ok", "genes": "quick top-50", "seed": args.seed, "stain_reference": reference, "conditions": conds, "condition_s": times,
+           "status": "ok", "genes": "quick top-50", "seed": args.seed, "stain_reference": reference,
+           "shipped_head_fitted_on": head_on + " patches", "conditions": conds, "condition_s": times,
            "cnn": cnn_info, "rows": rows}
     save_json(res, Path(args.out))
     for r in rows:

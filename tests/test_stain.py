@@ -129,3 +129,17 @@ def test_real_patches_with_a_stronger_haematoxylin_come_back():
     dark = np.clip(np.rint(np.exp(-dark_od) * 256 - 1), 0, 255).astype(np.uint8).reshape(x.shape)
     back = normalize_stains(dark, estimate_stains(dark), p)
     assert np.abs(back.astype(int) - x).mean() < 0.35 * np.abs(dark.astype(int) - x).mean()
+
+
+def test_a_slide_without_stain_says_how_to_switch_normalisation_off():
+    a = st.datasets.demo()
+    lib = next(iter(a.uns["spatial"]))
+    img = a.uns["spatial"][lib]["images"]["hires"]
+    a.uns["spatial"][lib]["images"]["hires"] = np.full_like(img, 245)  # background only, e.g. a failed scan
+    before = set(a.obsm), set(a.uns)
+    m = tiny_model(stain_reference=estimate_stains(_synthetic_he()[0]).to_dict())
+    with pytest.raises(ValueError, match=r"cannot normalise its stains.*stain_normalize=False"):
+        st.tl.embed(a, m, modalities="he", show_progress=False)
+    assert (set(a.obsm), set(a.uns)) == before  # nothing written
+    st.tl.embed(a, tiny_model(), modalities="he", show_progress=False)  # without normalisation it runs
+    assert a.obsm["X_storm"].shape[0] == a.n_obs

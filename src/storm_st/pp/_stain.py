@@ -166,7 +166,10 @@ def slide_stains(view: Any, fov_um: float | None = None, seed: int = 0) -> Stain
     try:
         return estimate_stains(_sample_patches(view, fov_um, np.random.default_rng(seed)), seed=seed)
     except ValueError as e:
-        raise ValueError(f"Slide {view.library_id!r}: cannot normalise its stains: {e}") from e
+        raise ValueError(
+            f"Slide {view.library_id!r}: cannot normalise its stains: {e} To read its patches as they are, switch the "
+            "model's stain normalisation off: storm_st.load_model(..., stain_normalize=False)."
+        ) from e
 
 
 def stain_reference(slides: Any, *, table_key: str | None = None, fov_um: float | None = None, seed: int = 0) -> dict[str, Any]:
