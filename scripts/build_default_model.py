@@ -63,6 +63,17 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, no GPU"
 
 
+def _wall_time(info: dict) -> str:
+    """The pretraining wall-time cell: a resumed run's last process timed only its own steps."""
+    wall = info.get("wall_time_s")
+    if wall is None:
+        return "see the log"
+    if info.get("resumed_from_step"):
+        return (f"{wall} s for steps {info['resumed_from_step']}–{info.get('steps', '?')} on the CPU above (a resumed run; "
+                f"the first {info['resumed_from_step']} steps ran in an earlier process, shared with other work)")
+    return f"{wall} s on the CPU above, shared with other work"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="runs/default")
@@ -197,7 +208,7 @@ python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {a
 | H&E backbone | `{model.config.he_backbone}` at {model.config.image_size} px over {model.config.patch_fov_um(100):.0f} µm around each 100 µm spot ({model.config.patch_fov_um(100) / model.config.image_size:.2f} µm/px), {init_row} |
 | spatial encoder | {model.config.depth} blocks, width {model.config.hidden_dim}, {model.config.num_heads} heads, MoME FFNs, 2-D ALiBi |
 | optimizer steps | {info.get('steps')} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}{', centres drawn as a contiguous region' if cfg.get('data', {}).get('contiguous') else ', random centres'}) |
-| pretraining wall time | {info.get('wall_time_s') or 'see the log'} s on the CPU above, shared with other work |
+| pretraining wall time | {_wall_time(info)} |
 | expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), reads {HEAD_READS[model.config.head_input]}{f', trained on neighbour-smoothed targets (w = {smooth_used:g}, design experiment 15)' if smooth_used else ''}, 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.encoder_epochs} epochs training the spatial encoder with the head on the frozen backbone tokens (design experiment 12; every embedding of the shipped model uses that tuned encoder)' if args.encoder_epochs else ''}{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
 | stain normalisation | {'every slide normalised to the stains of ' + ', '.join(TRAIN) + ' (Macenko; `config.stain_reference`; design experiment 17), head fitted on normalised patches; `load_model(stain_normalize=False)` reads patches as they are' if model.config.stain_reference else 'off (patches as read; design experiments 16, 17)'}{'; the stains of ' + ', '.join(TRAIN) + ' are recorded (`--record-training-stains`), so `load_model(stain_normalize=True)` normalises every slide to them' if model.extra.get('training_stains') and not model.config.stain_reference else ''} |
 | checkpoint | float16 safetensors + config.json with sha256 (of the weights), {size:.1f} MiB |

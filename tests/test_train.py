@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -110,6 +111,11 @@ def test_pretrain_cli_resume_reaches_the_uninterrupted_result(tmp_path):
     assert ck["global_step"] == 4  # continued to the schedule's end, not restarted from step 0
     resumed, uninterrupted = from_pretrained(part / "model"), from_pretrained(full / "model")
     assert resumed.extra["pretraining"]["steps"] == 4
+    assert resumed.extra["pretraining"]["resumed_from_step"] == 2  # its wall time covers steps 2-4 only
+    assert "resumed_from_step" not in uninterrupted.extra["pretraining"]
+    logged = pd.read_csv(part / "logs" / "version_0" / "metrics.csv")["step"].tolist()  # both processes' rows, in order
+    assert logged == pd.read_csv(full / "logs" / "version_0" / "metrics.csv")["step"].tolist() and logged[0] < 2 <= logged[-1]
+    assert not list((part / "logs" / "version_0").glob("metrics_part*.csv"))
     ref = uninterrupted.state_dict()
     moved = [k for k, v in resumed.state_dict().items() if v.is_floating_point() and not torch.equal(v, step2.state_dict()[k])]
     assert moved  # the resumed steps trained the step-2 weights further

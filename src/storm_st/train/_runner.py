@@ -254,9 +254,12 @@ def pretrain(
     if resuming:  # the checkpoint holds the weights: the start file is not needed (nor read) again
         training_kw["init_backbone"] = None
     module = StormPretraining(model_cfg.to_dict(), seed=int(tr["seed"]), **training_kw)
+    start_step = 0
     if resuming:
         state = torch.load(last, map_location="cpu", weights_only=False)
-        sampler.start = int(state.get("global_step", 0)) * acc
+        start_step = int(state.get("global_step", 0))
+        sampler.start = start_step * acc
+        _keep_earlier_log(out / "logs" / "version_0", start_step)
     loader = torch.utils.data.DataLoader(
         sampler, batch_size=None, num_workers=cfg["data"]["num_workers"], persistent_workers=False
     )
@@ -279,17 +282,58 @@ def pretrain(
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if resuming else None)
     wall = time.time() - t0
     if trainer.is_global_zero:
-        return export_run(out, module=module, wall_time_s=wall, world_size=int(trainer.world_size))
+        _merge_logs(out / "logs" / "version_0")
+        return export_run(out, module=module, wall_time_s=wall, world_size=int(trainer.world_size),
+                          resumed_from_step=start_step or None)
     return out / "model"
 
 
+def _keep_earlier_log(log_dir: Path, start_step: int) -> None:
+    """Keep the rows of a run's log before ``start_step``, which a resumed run's logger would delete.
+
+    Lightning's CSVLogger deletes ``metrics.csv`` when it starts again; the rows go to ``metrics_part<k>.csv`` and
+    :func:`_merge_logs` joins them back when the run ends.
+    """
+    import pandas as pd
+
+    log = log_dir / "metrics.csv"
+    if not log.is_file() or log.stat().st_size == 0:
+        return
+    rows = pd.read_csv(log)
+    rows = rows[rows["step"] < start_step]
+    if len(rows):
+        k = len(list(log_dir.glob("metrics_part*.csv")))
+        rows.to_csv(log_dir / f"metrics_part{k}.csv", index=False)
+
+
+def _merge_logs(log_dir: Path) -> None:
+    """One ``metrics.csv`` over every process of a (resumed) run, in step order."""
+    import pandas as pd
+
+    parts = sorted(log_dir.glob("metrics_part*.csv"), key=lambda f: int(f.stem[len("metrics_part"):]))
+    log = log_dir / "metrics.csv"
+    if not parts:
+        return
+    frames = [pd.read_csv(f) for f in parts] + ([pd.read_csv(log)] if log.is_file() and log.stat().st_size else [])
+    merged = pd.concat(frames, ignore_index=True).drop_duplicates("step", keep="last").sort_values("step", kind="stable")
+    merged.to_csv(log, index=False)
+    for f in parts:
+        f.unlink()
+
+
 def export_run(
-    run_dir: str | Path, *, module: Any = None, wall_time_s: float | None = None, world_size: int | None = None
+    run_dir: str | Path,
+    *,
+    module: Any = None,
+    wall_time_s: float | None = None,
+    world_size: int | None = None,
+    resumed_from_step: int | None = None,
 ) -> Path:
     """Export ``run_dir/model`` (safetensors + config.json) from a finished module or from ``checkpoints/last.ckpt``.
 
     A run stopped early can be exported from its last periodic checkpoint. ``world_size`` (number of training
-    processes, e.g. GPUs under DDP) is recorded with the steps and wall time when known.
+    processes, e.g. GPUs under DDP) is recorded with the steps and wall time when known; for a resumed run the wall
+    time is that of the last process, which started at ``resumed_from_step`` (recorded too).
     """
     import torch
 
@@ -314,6 +358,9 @@ def export_run(
     info.update({"steps": step, "wall_time_s": None if wall_time_s is None else round(wall_time_s, 1)})
     if world_size is not None:
         info["world_size"] = world_size
+    info.pop("resumed_from_step", None)
+    if resumed_from_step:
+        info["resumed_from_step"] = int(resumed_from_step)
     extra = {"pretraining": info}
     if (out / "training_stains.json").is_file():
         extra["training_stains"] = json.loads((out / "training_stains.json").read_text())
