@@ -71,7 +71,8 @@ def test_bad_pixels_and_references_raise_clear_errors():
 def test_load_model_switches_normalisation_to_the_training_stains():
     m = st.load_model(stain_normalize=True)  # the default checkpoint records the stains of HER2ST C2-C4
     assert m.config.stain_reference == StainParams.from_dict(m.extra["training_stains"]).to_dict()
-    assert st.load_model().config.stain_reference is None  # off unless asked for
+    assert st.load_model().config.stain_reference == m.config.stain_reference  # on by default (design experiment 17)
+    assert st.load_model(stain_normalize=False).config.stain_reference is None
     bare = tiny_model()
     with pytest.raises(ValueError, match="records no stains"):
         st.models.set_stain_normalization(bare, True)
