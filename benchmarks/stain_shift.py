@@ -114,6 +114,16 @@ def main() -> None:
     normed = st.load_model(stain_normalize=True)  # patches normalised to the recorded stains of C2-C4
     reference = normed.config.stain_reference
     models = {"": st.load_model(stain_normalize=False), NORM: normed}
+    kept = []  # --merge: the previous CNN rows, checked before anything runs
+    if args.merge and Path(args.out).is_file():
+        import json
+
+        old = json.loads(Path(args.out).read_text())
+        if ([c["condition"] for c in old["conditions"]] != list(CONDITIONS) or old["seed"] != args.seed
+                or old["stain_reference"] != reference):
+            raise SystemExit(f"--merge: {args.out} has other conditions, seed or stain reference; run the CNN again")
+        kept = [{**r, "measured": r.get("measured", old["date"])} for r in old["rows"]
+                if r["method"].startswith(CNN) and r["slide"] in args.test]
     genes = st.pp.select_hvgs(train, 50)
     targets = _slide_targets(test, genes)
     conds, times = [], {}
@@ -163,15 +173,7 @@ def main() -> None:
                                                     epochs=CNN_EPOCHS, seed=args.seed)
             preds[CNN + v] = per_condition(flat)
 
-    rows = []
-    if args.merge and Path(args.out).is_file():
-        import json
-
-        old = json.loads(Path(args.out).read_text())
-        if [c["condition"] for c in old["conditions"]] != [c["condition"] for c in conds] or old["seed"] != args.seed:
-            raise SystemExit(f"--merge: {args.out} has other conditions or another seed; run the CNN again")
-        rows = [{**r, "measured": r.get("measured", old["date"])} for r in old["rows"]
-                if r["method"].startswith(CNN) and r["slide"] in args.test]
+    rows = kept
     for method, per_cond in preds.items():
         for cond, per_slide in zip(conds, per_cond, strict=False):
             for slide, (y, present), p in zip(args.test, targets, per_slide, strict=True):
