@@ -254,12 +254,12 @@ def pretrain(
     if resuming:  # the checkpoint holds the weights: the start file is not needed (nor read) again
         training_kw["init_backbone"] = None
     module = StormPretraining(model_cfg.to_dict(), seed=int(tr["seed"]), **training_kw)
-    start_step = 0
+    start_step, log_dir = 0, out / "logs" / "version_0"  # where the CSVLogger below writes (name="logs", version=0)
     if resuming:
         state = torch.load(last, map_location="cpu", weights_only=False)
         start_step = int(state.get("global_step", 0))
         sampler.start = start_step * acc
-        _keep_earlier_log(out / "logs" / "version_0", start_step)
+        _keep_earlier_log(log_dir, start_step)
     loader = torch.utils.data.DataLoader(
         sampler, batch_size=None, num_workers=cfg["data"]["num_workers"], persistent_workers=False
     )
@@ -282,7 +282,7 @@ def pretrain(
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if resuming else None)
     wall = time.time() - t0
     if trainer.is_global_zero:
-        _merge_logs(out / "logs" / "version_0")
+        _merge_logs(log_dir)
         return export_run(out, module=module, wall_time_s=wall, world_size=int(trainer.world_size),
                           resumed_from_step=start_step or None)
     return out / "model"
@@ -358,7 +358,6 @@ def export_run(
     info.update({"steps": step, "wall_time_s": None if wall_time_s is None else round(wall_time_s, 1)})
     if world_size is not None:
         info["world_size"] = world_size
-    info.pop("resumed_from_step", None)
     if resumed_from_step:
         info["resumed_from_step"] = int(resumed_from_step)
     extra = {"pretraining": info}
