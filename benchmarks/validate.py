@@ -9,6 +9,7 @@ fine-tuning) were made on these numbers, and then measured once on C5/C6 by ``ru
     python benchmarks/validate.py storm --model runs/val_supinit_lowlr/model --head-genes 50 --encoder-epochs 0 10
     python benchmarks/validate.py decoder --ckpt runs/val_supinit_lowlr/checkpoints/last.ckpt
     python benchmarks/validate.py stain --model runs/val_supinit_lowlr/model --head-genes 50 --seed 0
+    python benchmarks/validate.py readouts --model runs/val_supinit_lowlr/model --head-genes 50 --seed 0
 
 Prints the median gene-wise PCC over the top 50 seurat_v3 HVGs of C2 + C3, measured on C4.
 """
@@ -151,6 +152,42 @@ def stain(args) -> None:
               flush=True)
 
 
+def readouts(args) -> None:
+    """Design experiment 18: the shipped recipe's head (A: ``"centre"``, encoder tuned), the spot-token head (B), their
+    predictions averaged (E) and a ``"centre+spot"`` head with the encoder tuned (C); stains normalised as shipped."""
+    import json
+
+    import anndata
+    import pandas as pd
+
+    train, val = _data()
+    genes50 = st.pp.select_hvgs(train, 50)
+    genes = st.pp.select_hvgs(train, args.head_genes)
+    base = st.load_model(args.model)
+    st.models.set_stain_normalization(base, True)
+    arms = {"A": ("centre", args.encoder_epochs), "B": ("spot", 0), "C": ("centre+spot", args.encoder_epochs)}
+    pred, res, fit_s = {}, {}, {}
+    for name in args.arms:
+        hi, ee = arms[name]
+        t0 = time.time()
+        m = st.tl.fit_expression_head(train, base, genes=genes, seed=args.seed, head_input=hi, encoder_epochs=ee,
+                                      show_progress=False)
+        fit_s[name] = round(time.time() - t0)
+        out = st.tl.impute_expression(val.copy(), m, genes=genes50, key_added="virtual", show_progress=False)
+        pred[name] = np.asarray(out.X, dtype=np.float64)
+        if args.save:
+            st.models.save_pretrained(m, f"{args.save}_{name}")
+    if "A" in pred and "B" in pred:
+        pred["E"] = (pred["A"] + pred["B"]) / 2
+    for name, p in pred.items():
+        virtual = anndata.AnnData(X=p.astype(np.float32), obs=val.obs[[]].copy(),
+                                  var=pd.DataFrame(index=pd.Index([g.upper() for g in genes50])))
+        r = st.tl.expression_pcc(val, virtual, genes=genes50)
+        res[name] = round(float(np.nanmedian(r)), 4)
+    print(json.dumps({"model": args.model, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
+                      "seed": args.seed, "stains_normalised": True, "fit_s": fit_s, "median_r": res}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -176,14 +213,21 @@ def main() -> None:
     n.add_argument("--normalize", type=int, nargs="+", default=[0, 1], help="0: as read, 1: stains normalised")
     n.add_argument("--save", default=None, help="save each fitted model to SAVE_plain / SAVE_norm")
     n.add_argument("--threads", type=int, default=2)
+    o = sub.add_parser("readouts", help="design experiment 18: two readouts averaged")
+    o.add_argument("--model", required=True)
+    o.add_argument("--head-genes", type=int, default=50)
+    o.add_argument("--encoder-epochs", type=int, default=10)
+    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C"])
+    o.add_argument("--save", default=None, help="save each fitted model to SAVE_A / SAVE_B / SAVE_C")
+    o.add_argument("--threads", type=int, default=2)
     d = sub.add_parser("decoder")
     d.add_argument("--ckpt", required=True, help="a pretraining run's checkpoints/last.ckpt")
     d.add_argument("--tta", action="store_true")
-    for p in (c, s, n):
+    for p in (c, s, n, o):
         p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(getattr(args, "threads", 2))
-    {"cnn": cnn, "storm": storm, "decoder": decoder, "stain": stain}[args.what](args)
+    {"cnn": cnn, "storm": storm, "decoder": decoder, "stain": stain, "readouts": readouts}[args.what](args)
 
 
 if __name__ == "__main__":
