@@ -93,6 +93,24 @@ def _write_cfg(tmp_path, out, steps):
     return p
 
 
+def test_resumed_log_is_kept_by_rank_zero_only(tmp_path, monkeypatch):
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from storm_st.train._runner import _keep_earlier_log, _merge_logs
+
+    pd.DataFrame({"step": [0, 1, 2, 3], "loss": [4.0, 3.0, 2.0, 1.0]}).to_csv(tmp_path / "metrics.csv", index=False)
+    monkeypatch.setattr(rank_zero_only, "rank", 1)  # another DDP rank: leaves the log to rank 0
+    _keep_earlier_log(tmp_path, 2)
+    assert not list(tmp_path.glob("metrics_part*.csv"))
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    _keep_earlier_log(tmp_path, 2)
+    assert pd.read_csv(tmp_path / "metrics_part0.csv")["step"].tolist() == [0, 1]
+    pd.DataFrame({"step": [2, 3], "loss": [2.5, 1.5]}).to_csv(tmp_path / "metrics.csv", index=False)  # the resumed run
+    _merge_logs(tmp_path)
+    merged = pd.read_csv(tmp_path / "metrics.csv")
+    assert merged["step"].tolist() == [0, 1, 2, 3] and merged["loss"].tolist() == [4.0, 3.0, 2.5, 1.5]
+
+
 def test_pretrain_cli_resume_reaches_the_uninterrupted_result(tmp_path):
     from storm_st.cli import main
     from storm_st.models import from_pretrained

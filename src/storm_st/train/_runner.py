@@ -292,9 +292,14 @@ def _keep_earlier_log(log_dir: Path, start_step: int) -> None:
     """Keep the rows of a run's log before ``start_step``, which a resumed run's logger would delete.
 
     Lightning's CSVLogger deletes ``metrics.csv`` when it starts again; the rows go to ``metrics_part<k>.csv`` and
-    :func:`_merge_logs` joins them back when the run ends.
+    :func:`_merge_logs` joins them back when the run ends. Only the rank-0 process does it (the one that logs): under
+    DDP the other ranks run this script too, before the trainer exists, and know their rank from the environment.
     """
     import pandas as pd
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
 
     log = log_dir / "metrics.csv"
     if not log.is_file() or log.stat().st_size == 0:
