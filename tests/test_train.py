@@ -393,3 +393,35 @@ def test_he_to_st_term_supervises_the_encoder_outputs_of_he_only_windows():
     torch.manual_seed(1)
     none = StormPretraining(cfg.to_dict(), he_to_st_weight=0.5, p_he_only=0.0).eval().compute_loss(batch, train=False)
     assert "loss_he_to_st" not in none  # only H&E-only windows carry it
+
+
+def test_pretrain_continues_a_checkpoint(tmp_path):
+    """training.init_model: architecture, vocabulary and every encoder weight come from the checkpoint."""
+    from storm_st.models import StormModel, from_pretrained, save_pretrained
+    from storm_st.train import pretrain
+
+    demo = st.datasets.demo()
+    demo.write_h5ad(tmp_path / "demo.h5ad")
+    genes = st.pp.select_hvgs(demo, 40)
+    torch.manual_seed(0)
+    save_pretrained(StormModel(tiny_config(gene_vocab=genes, head_genes=genes[:3])), tmp_path / "start")
+    start = from_pretrained(tmp_path / "start")
+    cfg = yaml.safe_load(_write_cfg(tmp_path, tmp_path / "cont", 2).read_text())
+    del cfg["model"], cfg["vocab"]
+    cfg["training"].update(init_model=str(tmp_path / "start"), lr=0.0, backbone_lr=0.0)  # lr 0: weights stay put
+    cont = from_pretrained(pretrain(cfg))
+    assert cont.config.gene_vocab == start.config.gene_vocab and cont.config.hidden_dim == 32
+    assert cont.head is None and not cont.config.head_genes  # a head would no longer fit the continued encoder
+    assert cont.extra["pretraining"]["init_model"] == {"name": str(tmp_path / "start"), "sha256": start.checkpoint_sha256}
+    got = dict(cont.named_parameters())
+    for k, v in start.named_parameters():
+        if not k.startswith("head."):
+            torch.testing.assert_close(got[k], v, rtol=0, atol=0, msg=f"{k} did not start from the checkpoint")
+    # what cannot be continued is refused before any slide is read
+    for change, match in (
+        ({"model": {"hidden_dim": 64}}, "model.hidden_dim"),
+        ({"vocab": {"genes": genes}}, "vocab.genes"),
+        ({"training": {**cfg["training"], "init_backbone": "x.safetensors"}}, "init_backbone"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            pretrain({**cfg, **change, "data": {"slides": [{"path": "missing.h5ad"}]}})

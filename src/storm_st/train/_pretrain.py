@@ -122,6 +122,23 @@ class StormPretraining(L.LightningModule):
             self.st_probe = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, 2 * max(len(cfg.gene_vocab), 1)))
         self._micro = 0  # micro-batches since the last optimizer step (gradient accumulation)
 
+    def start_from(self, model: StormModel) -> None:
+        """Continue pretraining from ``model``'s weights (``training.init_model``).
+
+        Every encoder weight and the EMA teacher start from it; the masked decoders start fresh (a checkpoint does not
+        keep them), and an expression head, which continued pretraining would leave behind its encoder, is not carried
+        over.
+        """
+        state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+        try:
+            self.model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ValueError(
+                f"training.init_model: the checkpoint's weights do not fit the model this config builds ({e}). "
+                "Pretrain with the checkpoint's own architecture and gene input."
+            ) from e
+        self.teacher.load_state_dict(self.model.he_encoder.state_dict())
+
     # ---------------------------------------------------------------- helpers
     def _tables(self, batch: SpotBatch, train: bool):
         cfg = self.model.config

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
         "crop_scale": [0.5, 1.0],
         "jitter": 0.1,
         "init_backbone": None,
+        "init_model": None,
     },
     "trainer": {
         "accelerator": "auto",
@@ -158,6 +159,11 @@ def pretrain(
 ) -> Path:
     """Pretrain STORM as described by ``config``; returns the exported checkpoint folder.
 
+    What ``storm-st pretrain`` runs. ``config`` is a YAML file or the same content as a dict (sections ``output``,
+    ``model``, ``vocab``, ``data``, ``training``, ``trainer``; see the command-line page of the docs). With
+    ``training.init_model`` (``"default"`` or a model folder) the run continues that checkpoint on the config's
+    slides instead of starting from scratch.
+
     The run folder holds Lightning checkpoints (``checkpoints/last.ckpt`` every
     ``checkpoint_every_n_steps``; ``resume=True`` continues from it and reaches the same result, since
     every step's randomness is seeded by the step number), ``metrics.csv`` and, at the end, the
@@ -179,6 +185,7 @@ def pretrain(
     cfg = load_config(config)
     if max_steps is not None:
         cfg["training"]["max_steps"] = int(max_steps)
+    init = _init_model(cfg)  # continued pretraining: architecture, vocabulary and weights of a checkpoint
     out = Path(output or cfg.get("output") or "runs/storm")
     out.mkdir(parents=True, exist_ok=True)
     tr = cfg["trainer"]
@@ -198,14 +205,15 @@ def pretrain(
             raise ValueError(f"Slide {spec!r} has no expression (n_vars == 0): give it use: he.")
         adatas.append(a)
         uses.append(use)
-    vocab = cfg["vocab"]["genes"]
+    vocab = cfg["vocab"]["genes"] if init is None else list(init.config.gene_vocab)
     vocab_file = out / "vocabulary.json"
     if vocab is None and resume and vocab_file.is_file():
         vocab = json.loads(vocab_file.read_text())
     if vocab is None:
         vocab = select_hvgs([a for a, u in zip(adatas, uses, strict=True) if u != "he"], cfg["vocab"]["n_top_genes"])
     vocab_file.write_text(json.dumps(vocab))
-    model_kw = {**cfg["model"], "gene_vocab": [str(g).upper() for g in vocab]}
+    base_kw = {} if init is None else {**init.config.to_dict(), "head_genes": []}
+    model_kw = {**base_kw, **cfg["model"], "gene_vocab": [str(g).upper() for g in vocab]}
     if str(model_kw.get("gene_input", "expression")).startswith("obsm:"):
         model_kw["gene_input_dim"] = _gene_features_dim(
             model_kw["gene_input"][5:], [a for a, u in zip(adatas, uses, strict=True) if "st" in u], cfg["data"]["novae_model"]
@@ -245,15 +253,19 @@ def pretrain(
                 "slides": [s.library_id for s in slides],
                 "n_spots": n_spots,
                 "config": {k: v for k, v in cfg.items() if k != "_base"},
+                **({} if init is None else {"init_model": {"name": str(cfg["training"]["init_model"]),
+                                                           "sha256": getattr(init, "checkpoint_sha256", None)}}),
             },
             default=str,
         )
     )
     resuming = resume and last.is_file()
-    training_kw = dict(cfg["training"])
+    training_kw = {k: v for k, v in cfg["training"].items() if k != "init_model"}
     if resuming:  # the checkpoint holds the weights: the start file is not needed (nor read) again
         training_kw["init_backbone"] = None
     module = StormPretraining(model_cfg.to_dict(), seed=int(tr["seed"]), **training_kw)
+    if init is not None and not resuming:
+        module.start_from(init)
     start_step, log_dir = 0, out / "logs" / "version_0"  # where the CSVLogger below writes (name="logs", version=0)
     if resuming:
         state = torch.load(last, map_location="cpu", weights_only=False)
@@ -286,6 +298,42 @@ def pretrain(
         return export_run(out, module=module, wall_time_s=wall, world_size=int(trainer.world_size),
                           resumed_from_step=start_step or None)
     return out / "model"
+
+
+def _init_model(cfg: dict[str, Any]) -> Any:
+    """The checkpoint named by ``training.init_model`` (``"default"`` or a folder this package wrote), or ``None``."""
+    name = cfg["training"].get("init_model")
+    if not name:
+        return None
+    if cfg["training"].get("init_backbone"):
+        raise ValueError(
+            "training.init_model and training.init_backbone both set: init_model already starts every weight, the "
+            "backbone's included, from its checkpoint; remove init_backbone."
+        )
+    if cfg["vocab"].get("genes") is not None:
+        raise ValueError(
+            "training.init_model continues a checkpoint, whose gene encoder is tied to its own vocabulary; remove "
+            "vocab.genes (the checkpoint's vocabulary is used)."
+        )
+    arch = sorted(set(cfg["model"]) & _ARCHITECTURE_KEYS)
+    if arch:
+        raise ValueError(
+            f"training.init_model continues a checkpoint, so its architecture is fixed; remove model.{arch[0]} (and "
+            f"{arch[1:] or 'no other key'}) from the config, or pretrain from scratch without init_model."
+        )
+    from storm_st.models import load_model
+
+    path = str(name)
+    if path != "default" and not Path(path).is_absolute():
+        path = str(Path(cfg["_base"]) / path)
+    return load_model(path)
+
+
+#: model-section keys that change the shapes of the weights (a continued checkpoint keeps them)
+_ARCHITECTURE_KEYS = {
+    "he_backbone", "he_backbone_kwargs", "image_size", "hidden_dim", "depth", "num_heads", "mlp_ratio",
+    "gene_embed_dim", "gene_input", "gene_input_dim", "gene_vocab",
+}
 
 
 def _keep_earlier_log(log_dir: Path, start_step: int) -> None:
