@@ -166,6 +166,65 @@ def _gene_set_note(res, tag) -> str:
     return txt + ". Compare rows within one table.\n"
 
 
+SHIPPED = "STORM as shipped (its own 1000-gene head)"
+
+
+def _paired_note(res) -> str:
+    """Top-50 genes, per test slide: each method against the shipped head gene by gene (paired), and the median r
+    over spatially structured genes and the rest when ``gene_structure.py`` has added the test slides' Moran's I."""
+    from scipy.stats import wilcoxon
+
+    rows = [r for r in res["rows"] if str(r["genes"]) == "50" and r.get("pcc_per_gene") and r["slide"] in res["test"]]
+    genes = (res.get("gene_sets") or {}).get("50")
+    if not genes or not any(r["method"] == SHIPPED for r in rows):
+        return ""
+    per = {(r["method"], r["slide"]): np.array(r["pcc_per_gene"], dtype=float) for r in rows}
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != SHIPPED]
+    moran = res.get("test_morans_i") or {}
+    txt = ["\n#### Top 50 HVGs, gene by gene against the shipped head\n\n"
+           "A median over 50 genes can move with a few genes near the middle; here every method is compared with the "
+           "shipped head on the same genes of each test slide: the median of the per-gene differences in r (method − "
+           "shipped), how many genes it predicts better, and the two-sided Wilcoxon signed-rank p of the differences "
+           "(genes without an r in either excluded)."]
+    if moran:
+        info = res.get("test_morans_i_info", {})
+        cut = info.get("structured_if_at_least", 0.1)
+        txt.append(f" *Structured* / *unstructured*: the median r over the genes whose Moran's I on that test slide "
+                   f"(measured expression, immediate neighbours) is at least / below {cut:g}; the unstructured genes have "
+                   f"no spatial pattern to predict from an image, and their r is noise around 0 (`{info.get('command', '')}`).")
+    hdr = ["method"]
+    for sl in res["test"]:
+        hdr += [f"{sl} median Δr", f"{sl} better / n", f"{sl} Wilcoxon p"]
+        if moran:
+            hdr += [f"{sl} median r structured / unstructured"]
+    body = []
+    for meth in [SHIPPED] + methods:
+        line = [meth]
+        for sl in res["test"]:
+            a, b = per.get((meth, sl)), per.get((SHIPPED, sl))
+            if a is None or b is None:
+                line += ["–"] * (4 if moran else 3)
+                continue
+            ok = np.isfinite(a) & np.isfinite(b)
+            if meth == SHIPPED:
+                line += ["(reference)", "", ""]
+            else:
+                d = a[ok] - b[ok]
+                if not len(d):  # e.g. the training mean: no r on any gene
+                    line += ["–"] * (4 if moran else 3)
+                    continue
+                p = wilcoxon(d).pvalue if np.any(d != 0) else float("nan")
+                line += [f"{np.median(d):+.3f}", f"{int((d > 0).sum())} / {len(d)}", "< 0.001" if p < 0.001 else _f(p)]
+            if moran:
+                mi = np.array([moran.get(sl, {}).get(g, np.nan) for g in genes], dtype=float)
+                st_ = ok & (mi >= cut)
+                un = ok & np.isfinite(mi) & (mi < cut)
+                line += [f"{_f(np.median(a[st_])) if st_.any() else '–'} / {_f(np.median(a[un])) if un.any() else '–'} "
+                         f"({int(st_.sum())} / {int(un.sum())} genes)"]
+        body.append(line)
+    return "".join(txt) + "\n\n" + _table(hdr, body) + "\n"
+
+
 @_section("H&E → expression")
 def section_expression(res, tag, out):
     m = res["model"]
@@ -226,6 +285,7 @@ def section_expression(res, tag, out):
             line += [_f(a["mse"], 4), _f(a["r2_median"]), f"{a['n_const_truth']} / {a['n_not_measured']} / {a['n_genes']}"]
             body.append(line)
         out.append(f"\n#### Top {n} HVGs\n\n" + _table(hdr, body) + "\n")
+    out.append(_paired_note(res))
     out.append(
         "\nThe training-mean row predicts the same value at every spot, so its Pearson r is undefined (reported as NaN, "
         "honestly, not as 0); it is the trivial baseline on MSE / R² (R² ≤ 0 by construction against the test slide's "

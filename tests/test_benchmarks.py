@@ -206,3 +206,51 @@ def test_report_domains_mean_over_her2st_sections(tmp_path, monkeypatch):
     assert "| STORM (st) | 0.200 | 0.400 | 0.300 |" in summary  # dlpfc is not a HER2ST section: not in the mean
     assert "KMeans" not in summary  # failed on C1: no mean
     assert "HER2ST A1, C1 are among the default checkpoint's" in md
+
+
+def test_morans_i_separates_a_spatial_pattern_from_noise():
+    """gene_structure.py: Moran's I on the ring graph is high for a smooth gradient, near 0 for shuffled counts."""
+    from _helpers import synthetic_slide
+    from gene_structure import morans_i
+
+    a = synthetic_slide(12, 12, seed=0)
+    x = np.asarray(a.obsm["spatial"])[:, 0]
+    rng = np.random.default_rng(0)
+    X = np.asarray(a.X.toarray() if hasattr(a.X, "toarray") else a.X).astype(np.float32)
+    X[:, 0] = np.round(1 + 20 * (x - x.min()) / np.ptp(x))  # counts rising left to right
+    X[:, 1] = rng.permutation(X[:, 0])  # the same counts, shuffled over the spots
+    a.X = X
+    g = [str(v).upper() for v in a.var_names]
+    i = morans_i(a, g)
+    assert i[g[0]] > 0.8 and abs(i[g[1]]) < 0.2
+
+
+def test_report_pairs_each_method_with_the_shipped_head(tmp_path, monkeypatch):
+    import report
+
+    genes = [f"G{k}" for k in range(50)]
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 0.5, 50)
+    ship = report.SHIPPED
+
+    def row(method, slide, r):
+        return {"method": method, "genes": 50, "slide": slide, "n_spots": 10, "n_genes": 50, "n_not_measured": 0,
+                "n_const_truth": 0, "n_const_pred": 0, "pcc_median": float(np.median(r)), "pcc_mean": float(np.mean(r)),
+                "pcc_n": 50, "mse": 0.2, "r2_median": 0.0, "pcc_per_gene": [float(v) for v in r]}
+
+    better = base + np.where(np.arange(50) < 40, 0.05, -0.01)  # better on 40 of 50 genes
+    rows = [row(ship, "C5", base), row("CNN", "C5", better), row("training-slide mean (constant)", "C5", np.full(50, np.nan))]
+    res = {"task": "expression", "suite": "t", "command": "python benchmarks/run.py", "date": "d0", "date_end": "d1",
+           "wall_s": 1.0, "status": "ok", "machine": {}, "versions": {}, "train": ["C2"], "test": ["C5"],
+           "n_train_spots": 10, "n_test_spots": [10], "gene_sets": {"50": genes}, "head_genes": 50, "rows": rows,
+           "model": {"name": "default", "sha256": "abc", "he_backbone": "resnet10t", "image_size": 112, "hidden_dim": 256, "vocab": 2000},
+           "test_morans_i": {"C5": {g: (0.5 if k < 30 else 0.0) for k, g in enumerate(genes)}},
+           "test_morans_i_info": {"command": "python benchmarks/gene_structure.py", "structured_if_at_least": 0.1}}
+    note = report._paired_note(res)
+    cnn = next(line for line in note.splitlines() if line.startswith("| CNN |")).split(" | ")
+    assert cnn[1] == "+0.050" and cnn[2] == "40 / 50" and cnn[3] == "< 0.001"
+    assert cnn[4].endswith("(30 / 20 genes) |")
+    assert f"{np.median(better[:30]):.3f} / {np.median(better[30:]):.3f}" in cnn[4]
+    mean_row = next(line for line in note.splitlines() if line.startswith("| training-slide mean"))
+    assert "+" not in mean_row  # no r on any gene: nothing to pair
+    assert report._paired_note({**res, "rows": rows[1:]}) == ""  # no shipped head in the results: no table
