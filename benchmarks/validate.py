@@ -10,6 +10,7 @@ fine-tuning) were made on these numbers, and then measured once on C5/C6 by ``ru
     python benchmarks/validate.py decoder --ckpt runs/val_supinit_lowlr/checkpoints/last.ckpt
     python benchmarks/validate.py stain --model runs/val_supinit_lowlr/model --head-genes 50 --seed 0
     python benchmarks/validate.py readouts --model runs/val_supinit_lowlr/model --head-genes 50 --seed 0
+    python benchmarks/validate.py adapt --slides dlpfc:151674 dlpfc:151675 --steps 0 300
 
 Prints the median gene-wise PCC over the top 50 seurat_v3 HVGs of C2 + C3, measured on C4.
 """
@@ -188,6 +189,42 @@ def readouts(args) -> None:
                       "seed": args.seed, "stains_normalised": True, "fit_s": fit_s, "median_r": res}), flush=True)
 
 
+def adapt(args) -> None:
+    """Design experiment 19: spatial domains (ST only) from the model as it is and after continuing its pretraining on
+    the slide itself (``training.init_model``, expression only, no labels), on sections that are not benchmark slides."""
+    import json
+
+    from _common import read_slide
+    from domains import _labelled, _metrics
+
+    from storm_st.train import pretrain
+
+    for spec in args.slides:
+        a, key, *_ = _labelled(read_slide(spec))
+        k = int(a.obs[key].nunique())
+        if spec.lower().startswith("dlpfc:"):
+            slide = {"reader": "dlpfc", "path": f"@data/dlpfc/DLPFC_{spec.split(':', 1)[1]}.h5ad", "use": "st"}
+        else:
+            slide = {"reader": "her2st", "root": "@data/her2st", "section": spec, "use": "st"}
+        res = {}
+        for n in args.steps:
+            t0 = time.time()
+            model = st.load_model(args.model)
+            if n > 0:
+                cfg = {"output": f"{args.runs}/adapt_{spec.replace(':', '_')}_{n}",
+                       "training": {"init_model": args.model, "lr": args.lr, "warmup_steps": 10, "max_steps": n},
+                       "data": {"windows_per_batch": 32, "slides": [slide]},
+                       "trainer": {"log_every_n_steps": 10, "checkpoint_every_n_steps": 1000, "accelerator": "cpu",
+                                   "seed": args.seed}}
+                model = st.load_model(str(pretrain(cfg)))
+            b = a.copy()
+            st.tl.embed(b, model, modalities="st", show_progress=False)
+            st.tl.domains(b, n_domains=k, use_rep="X_storm", key_added="d", random_state=0)
+            res[n] = {"ARI": round(_metrics(b, key, "d", "X_storm")["ARI"], 4), "seconds": round(time.time() - t0)}
+        print(json.dumps({"slide": spec, "K": k, "model": args.model, "lr": args.lr, "seed": args.seed, "steps": res}),
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -220,6 +257,14 @@ def main() -> None:
     o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C"])
     o.add_argument("--save", default=None, help="save each fitted model to SAVE_A / SAVE_B / SAVE_C")
     o.add_argument("--threads", type=int, default=2)
+    t = sub.add_parser("adapt", help="design experiment 19: continued pretraining on the slide before domains")
+    t.add_argument("--slides", nargs="+", default=["dlpfc:151674", "dlpfc:151675"])
+    t.add_argument("--model", default="default")
+    t.add_argument("--steps", type=int, nargs="+", default=[0, 300])
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--runs", default="runs/validation_adapt")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
     d = sub.add_parser("decoder")
     d.add_argument("--ckpt", required=True, help="a pretraining run's checkpoints/last.ckpt")
     d.add_argument("--tta", action="store_true")
@@ -227,7 +272,8 @@ def main() -> None:
         p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(getattr(args, "threads", 2))
-    {"cnn": cnn, "storm": storm, "decoder": decoder, "stain": stain, "readouts": readouts}[args.what](args)
+    {"cnn": cnn, "storm": storm, "decoder": decoder, "stain": stain, "readouts": readouts,
+     "adapt": adapt}[args.what](args)
 
 
 if __name__ == "__main__":
