@@ -425,3 +425,32 @@ def test_pretrain_continues_a_checkpoint(tmp_path):
     ):
         with pytest.raises(ValueError, match=match):
             pretrain({**cfg, **change, "data": {"slides": [{"path": "missing.h5ad"}]}})
+
+
+def test_pretrain_from_objects_in_memory(tmp_path):
+    """From Python, slides may be AnnData objects and init_model a model object; neither is modified or printed."""
+    from storm_st.models import StormModel
+    from storm_st.train import pretrain
+
+    demo = st.datasets.demo()
+    before = demo.copy()
+    genes = st.pp.select_hvgs(demo, 40)
+    torch.manual_seed(0)
+    start = StormModel(tiny_config(gene_vocab=genes))
+    start.name = "mine"
+    weights = {k: v.clone() for k, v in start.state_dict().items()}
+    cfg = {"training": {"init_model": start, "max_steps": 2, "warmup_steps": 1},
+           "data": {"windows_per_batch": 4, "slides": [{"adata": demo, "use": "st"}]},
+           "trainer": {"accelerator": "cpu", "checkpoint_every_n_steps": 2, "log_every_n_steps": 1,
+                       "enable_progress_bar": False}}
+    out = pretrain(cfg, output=tmp_path / "run")
+    resolved = json.loads((tmp_path / "run" / "config_resolved.json").read_text())
+    assert resolved["config"]["data"]["slides"][0]["adata"] == f"<in-memory AnnData {demo.n_obs} x {demo.n_vars}>"
+    assert resolved["init_model"]["name"] == "mine" and resolved["config"]["training"]["init_model"] == "mine"
+    cont = st.load_model(out)
+    assert cont.config.gene_vocab == [g.upper() for g in genes]
+    assert any(not torch.equal(v, weights[k]) for k, v in cont.state_dict().items() if k in weights)  # it trained
+    for k, v in start.state_dict().items():  # ... a copy: the model given is unchanged
+        assert torch.equal(v, weights[k])
+    assert np.array_equal(demo.X.toarray(), before.X.toarray()) and demo.obs.equals(before.obs)
+    assert list(demo.obsm) == list(before.obsm) and list(demo.uns) == list(before.uns) and list(demo.layers) == list(before.layers)

@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
         "log_every_n_steps": 10,
         "checkpoint_every_n_steps": 100,
         "seed": 0,
+        "enable_progress_bar": True,
     },
 }
 
@@ -92,9 +93,11 @@ def read_slide_spec(spec: dict[str, Any] | str, base: str | Path = ".") -> Any:
     if isinstance(spec, str):
         spec = {"path": spec}
     spec = dict(spec)
+    if "adata" in spec:  # an object in memory (Python API: storm_st.tl.adapt)
+        return spec["adata"]
     reader = spec.pop("reader", None)
-    spec.pop("use", None)
-    spec.pop("weight", None)
+    for key in ("use", "weight", "library_key", "layer"):
+        spec.pop(key, None)
 
     def _p(key: str) -> Path:
         raw = str(spec.pop(key))
@@ -194,7 +197,7 @@ def pretrain(
     slide_specs = cfg["data"]["slides"]
     if not slide_specs:
         raise ValueError("The config lists no slides under data.slides.")
-    adatas, uses, weights = [], [], []
+    adatas, uses, weights, prep_kw = [], [], [], []
     for spec in slide_specs:
         use = (spec.get("use", "he+st") if isinstance(spec, dict) else "he+st")
         weights.append(float(spec.get("weight", 1.0)) if isinstance(spec, dict) else 1.0)
@@ -205,6 +208,7 @@ def pretrain(
             raise ValueError(f"Slide {spec!r} has no expression (n_vars == 0): give it use: he.")
         adatas.append(a)
         uses.append(use)
+        prep_kw.append({k: spec[k] for k in ("library_key", "layer") if isinstance(spec, dict) and spec.get(k)})
     vocab = cfg["vocab"]["genes"] if init is None else list(init.config.gene_vocab)
     vocab_file = out / "vocabulary.json"
     if vocab is None and resume and vocab_file.is_file():
@@ -232,9 +236,9 @@ def pretrain(
     model_cfg = StormConfig(**model_kw)
     slides, slide_weights = [], []
     cache = cfg["data"]["cache_patch_size"] or model_cfg.image_size
-    for a, use, w in zip(adatas, uses, weights, strict=True):
+    for a, use, w, kw in zip(adatas, uses, weights, prep_kw, strict=True):
         prepared = prepare_slides(
-            a, model_cfg, use_he="he" in use, use_gene="st" in use, cache_patches=cache if "he" in use else None
+            a, model_cfg, use_he="he" in use, use_gene="st" in use, cache_patches=cache if "he" in use else None, **kw
         )
         slides += prepared
         slide_weights += [w] * len(prepared)
@@ -252,8 +256,8 @@ def pretrain(
             {
                 "slides": [s.library_id for s in slides],
                 "n_spots": n_spots,
-                "config": {k: v for k, v in cfg.items() if k != "_base"},
-                **({} if init is None else {"init_model": {"name": str(cfg["training"]["init_model"]),
+                "config": _printable(cfg),
+                **({} if init is None else {"init_model": {"name": _model_name(cfg["training"]["init_model"]),
                                                            "sha256": getattr(init, "checkpoint_sha256", None)}}),
             },
             default=str,
@@ -286,7 +290,8 @@ def pretrain(
         log_every_n_steps=tr["log_every_n_steps"],
         logger=CSVLogger(out, name="logs", version=0, flush_logs_every_n_steps=tr["log_every_n_steps"]),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=tr["checkpoint_every_n_steps"], save_last=True, save_top_k=0)],
-        enable_progress_bar=True,
+        enable_progress_bar=bool(tr["enable_progress_bar"]),
+        enable_model_summary=bool(tr["enable_progress_bar"]),
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
         deterministic=False,
@@ -300,10 +305,29 @@ def pretrain(
     return out / "model"
 
 
+def _model_name(model: Any) -> str:
+    return str(model) if isinstance(model, str | Path) else str(getattr(model, "name", None) or "in-memory model")
+
+
+def _printable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config for ``config_resolved.json``: in-memory slides and models named, not printed."""
+    out = {k: v for k, v in cfg.items() if k != "_base"}
+    out["data"] = {**cfg["data"], "slides": [
+        {**{k: v for k, v in s.items() if k != "adata"}, "adata": f"<in-memory {type(s['adata']).__name__} "
+         f"{getattr(s['adata'], 'n_obs', '?')} x {getattr(s['adata'], 'n_vars', '?')}>"}
+        if isinstance(s, dict) and "adata" in s else s for s in cfg["data"]["slides"]]}
+    if cfg["training"].get("init_model") is not None:
+        out["training"] = {**cfg["training"], "init_model": _model_name(cfg["training"]["init_model"])}
+    return out
+
+
 def _init_model(cfg: dict[str, Any]) -> Any:
-    """The checkpoint named by ``training.init_model`` (``"default"`` or a folder this package wrote), or ``None``."""
+    """The checkpoint named by ``training.init_model``, or ``None``.
+
+    ``"default"``, a model folder this package wrote, or (from Python) a :class:`~storm_st.models.StormModel`.
+    """
     name = cfg["training"].get("init_model")
-    if not name:
+    if name is None or (isinstance(name, str) and not name):
         return None
     if cfg["training"].get("init_backbone"):
         raise ValueError(
@@ -321,8 +345,10 @@ def _init_model(cfg: dict[str, Any]) -> Any:
             f"training.init_model continues a checkpoint, so its architecture is fixed; remove model.{arch[0]} (and "
             f"{arch[1:] or 'no other key'}) from the config, or pretrain from scratch without init_model."
         )
-    from storm_st.models import load_model
+    from storm_st.models import StormModel, load_model
 
+    if isinstance(name, StormModel):
+        return name
     path = str(name)
     if path != "default" and not Path(path).is_absolute():
         path = str(Path(cfg["_base"]) / path)
