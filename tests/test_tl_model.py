@@ -312,3 +312,19 @@ def test_fit_head_on_neighbour_smoothed_targets(model, monkeypatch):
     for bad in (-0.5, 2, "yes", False):
         with pytest.raises(ValueError, match="smooth_targets must be a number in"):
             st.tl.fit_expression_head([a], model, smooth_targets=bad, **kw)
+
+
+def test_embed_records_and_warns_about_vocabulary_coverage(model):
+    import warnings
+
+    a = synthetic_slide()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        st.tl.embed(a, model, modalities="st", show_progress=False)
+    assert a.uns["storm"]["vocab_coverage"] == 1.0
+    few = a[:, : max(1, len(GENES) // 10)].copy()  # another panel: a tenth of the vocabulary measured
+    with pytest.warns(UserWarning, match=rf"Only {few.n_vars} of the model's {len(GENES)} vocabulary genes"):
+        st.tl.embed(few, model, modalities="st", show_progress=False)
+    assert few.uns["storm"]["vocab_coverage"] == round(few.n_vars / len(GENES), 4)
+    st.tl.embed(a, model, modalities="he", show_progress=False)  # expression unused: nothing to record
+    assert "vocab_coverage" not in a.uns["storm"]

@@ -122,6 +122,39 @@ def warn_low_count_spots(adata: AnnData, layer: str | None, threshold: int = LOW
         )
 
 
+#: ``tl.embed`` warns when fewer than this share of the model's vocabulary genes are measured on the slide
+LOW_VOCAB_COVERAGE = 0.25
+
+
+def vocab_coverage(adata: AnnData, model: StormModel, threshold: float = LOW_VOCAB_COVERAGE) -> float | None:
+    """Share of the model's gene vocabulary measured on ``adata``; warns below ``threshold``.
+
+    The gene encoder reads only vocabulary genes, so a slide of another tissue or panel that measures few of them is
+    embedded from those few (of the default checkpoint's 2000 HER2ST genes, 266–278 are measured on the DLPFC
+    sections, 13–14 %, and none of the cortical layer markers). ``None`` for a model whose gene input is an ``obsm``
+    embedding.
+    """
+    from storm_st.pp import align_genes
+
+    vocab = model.config.gene_vocab
+    if model.config.gene_obsm_key or not vocab or adata.n_vars == 0:
+        return None
+    al = align_genes(adata, vocab, min_genes=0)
+    if al.coverage < threshold:
+        import warnings
+
+        warnings.warn(
+            f"Only {al.n_matched} of the model's {al.n_vocab} vocabulary genes are measured on this slide "
+            f"({100 * al.coverage:.1f} %); its expression embedding rests on those genes alone, and the slide's other "
+            "genes are not read. Domains from it can be weaker than from the slide's own genes (e.g. HVG -> PCA). A model "
+            "pretrained on slides of this tissue or panel, with a vocabulary chosen from them (storm-st pretrain), "
+            "reads them.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return round(float(al.coverage), 4)
+
+
 def model_hash(model: StormModel) -> str | None:
     """sha256 of the checkpoint the model was loaded from, if any."""
     return getattr(model, "checkpoint_sha256", None)

@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any
 from storm_st._constants import Keys
 from storm_st._utils import get_adata
 
-from ._common import encode_adata, model_hash, resolve_modalities, resolve_model, warn_low_count_spots
+from ._common import (
+    encode_adata,
+    model_hash,
+    resolve_modalities,
+    resolve_model,
+    vocab_coverage,
+    warn_low_count_spots,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -75,15 +82,19 @@ def embed(
     - ``obsm['X_storm_he']``: H&E backbone features of each spot (when H&E is used);
     - ``obsm['X_storm_gene']``: gene-encoder tokens of each spot (when expression is used);
     - ``obsm['storm_neighbors']``: the neighbour windows used (``-1`` = padding);
-    - ``uns['storm']``: provenance (model name and checkpoint hash, modalities, parameters, version).
+    - ``uns['storm']``: provenance (model name and checkpoint hash, modalities, parameters, version, and with
+      expression the share of the model's gene vocabulary measured on the slide, ``vocab_coverage``: below 25 % a
+      warning says the embedding rests on few genes).
     """
     from storm_st import __version__
 
     ad = get_adata(adata, table_key)
     model = resolve_model(model)
     use_he, use_gene = resolve_modalities(ad, modalities, library_key, model)
+    coverage = None
     if use_gene:
         warn_low_count_spots(ad, layer)
+        coverage = vocab_coverage(ad, model)
     out = encode_adata(
         ad, model, use_he=use_he, use_gene=use_gene, library_key=library_key, layer=layer,
         batch_size=batch_size, device=device, tta=tta, show_progress=show_progress,
@@ -102,6 +113,7 @@ def embed(
         "model_sha256": model_hash(model) or "",
         "modalities": "+".join(m for m, u in (("he", use_he), ("st", use_gene)) if u),
         "stain_normalized": use_he and model.config.stain_reference is not None,
+        **({"vocab_coverage": coverage} if coverage is not None else {}),
         "key_added": key_added,
         "params": {"library_key": library_key or "", "layer": layer or "", "tta": tta, "batch_size": batch_size},
         "version": __version__,
