@@ -93,7 +93,7 @@ def read_slide_spec(spec: dict[str, Any] | str, base: str | Path = ".") -> Any:
     if isinstance(spec, str):
         spec = {"path": spec}
     spec = dict(spec)
-    if "adata" in spec:  # an object in memory (Python API: storm_st.tl.adapt)
+    if "adata" in spec:  # an object in memory (from Python: storm_st.train.pretrain with a dict config)
         return spec["adata"]
     reader = spec.pop("reader", None)
     for key in ("use", "weight", "library_key", "layer"):
@@ -342,8 +342,8 @@ def _init_model(cfg: dict[str, Any]) -> Any:
     arch = sorted(set(cfg["model"]) & _ARCHITECTURE_KEYS)
     if arch:
         raise ValueError(
-            f"training.init_model continues a checkpoint, so its architecture is fixed; remove model.{arch[0]} (and "
-            f"{arch[1:] or 'no other key'}) from the config, or pretrain from scratch without init_model."
+            f"training.init_model continues a checkpoint, so its architecture is fixed; remove "
+            f"{', '.join('model.' + k for k in arch)} from the config, or pretrain from scratch without init_model."
         )
     from storm_st.models import StormModel, load_model
 
