@@ -11,6 +11,7 @@ fine-tuning) were made on these numbers, and then measured once on C5/C6 by ``ru
     python benchmarks/validate.py stain --model runs/val_supinit_lowlr/model --head-genes 50 --seed 0
     python benchmarks/validate.py readouts --model runs/val_supinit_lowlr/model --head-genes 50 --seed 0
     python benchmarks/validate.py adapt --slides dlpfc:151674 dlpfc:151675 --steps 0 300
+    python benchmarks/validate.py vocab --arms her2st her2st+dlpfc union
 
 Prints the median gene-wise PCC over the top 50 seurat_v3 HVGs of C2 + C3, measured on C4.
 """
@@ -225,6 +226,50 @@ def adapt(args) -> None:
               flush=True)
 
 
+def vocab(args) -> None:
+    """Design experiment 20 (an investigation): expression-only pretraining runs of the default's architecture and
+    schedule on HER2ST, with or without DLPFC 151674 and a vocabulary that covers it; ST-only domains on DLPFC 151675
+    (never trained on) and on the four non-benchmark labelled HER2ST sections. No H&E, no test section."""
+    import json
+
+    import yaml
+    from _common import read_slide
+    from domains import _labelled, _metrics
+
+    from storm_st.train import pretrain
+
+    default = yaml.safe_load(open("configs/default.yaml"))
+    her2st = [{**s, "use": "st"} for s in default["data"]["slides"]]  # C2-C4 and the 23 expression-only sections
+    dlpfc = {"reader": "dlpfc", "path": "@data/dlpfc/DLPFC_151674.h5ad", "use": "st", "weight": args.dlpfc_weight}
+    h_genes = st.pp.select_hvgs([read_slide(s["section"]) for s in her2st], 2000)
+    d_genes = st.pp.select_hvgs(read_slide("dlpfc:151674"), args.dlpfc_genes)
+    arms = {"her2st": (her2st, h_genes), "her2st+dlpfc": (her2st + [dlpfc], h_genes),
+            "union": (her2st + [dlpfc], list(dict.fromkeys(h_genes + d_genes)))}
+    evals = {}
+    for spec in ["dlpfc:151675", "C1", "D1", "E1", "F1"]:
+        a, key, *_ = _labelled(read_slide(spec))
+        evals[spec] = (a, key, int(a.obs[key].nunique()))
+    for name in args.arms:
+        slides, genes = arms[name]
+        t0 = time.time()
+        cfg = {"output": f"{args.runs}/vocab_{name}", "model": default["model"], "vocab": {"genes": genes},
+               "data": {**default["data"], "slides": slides, "paired_fraction": None},  # no H&E: by spots x weight
+               "training": {**{k: v for k, v in default["training"].items() if k != "init_backbone"},
+                            "p_he_only": 0.0, "max_steps": args.steps},
+               "trainer": {**default["trainer"], "accelerator": "cpu", "enable_progress_bar": False}}
+        model = st.load_model(str(pretrain(cfg)))
+        train_s = round(time.time() - t0)
+        ari = {}
+        for spec, (a, key, k) in evals.items():
+            b = a.copy()
+            st.tl.embed(b, model, modalities="st", show_progress=False)
+            st.tl.domains(b, n_domains=k, use_rep="X_storm", key_added="d", random_state=0)
+            ari[spec] = round(_metrics(b, key, "d", "X_storm")["ARI"], 4)
+        her = [ari[s] for s in ("C1", "D1", "E1", "F1")]
+        print(json.dumps({"arm": name, "vocab": len(genes), "steps": args.steps, "train_s": train_s, "ARI": ari,
+                          "her2st_mean": round(float(np.mean(her)), 4)}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -265,6 +310,14 @@ def main() -> None:
     t.add_argument("--runs", default="runs/validation_adapt")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
+    v = sub.add_parser("vocab", help="design experiment 20: a vocabulary covering DLPFC, expression-only runs")
+    v.add_argument("--arms", nargs="+", default=["her2st", "her2st+dlpfc", "union"],
+                   choices=["her2st", "her2st+dlpfc", "union"])
+    v.add_argument("--steps", type=int, default=600)
+    v.add_argument("--dlpfc-weight", type=float, default=1.0, help="sampling weight of DLPFC 151674 (spots x weight)")
+    v.add_argument("--dlpfc-genes", type=int, default=1000, help="top HVGs of DLPFC 151674 added to the vocabulary")
+    v.add_argument("--runs", default="runs/validation_vocab")
+    v.add_argument("--threads", type=int, default=2)
     d = sub.add_parser("decoder")
     d.add_argument("--ckpt", required=True, help="a pretraining run's checkpoints/last.ckpt")
     d.add_argument("--tta", action="store_true")
@@ -273,7 +326,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(getattr(args, "threads", 2))
     {"cnn": cnn, "storm": storm, "decoder": decoder, "stain": stain, "readouts": readouts,
-     "adapt": adapt}[args.what](args)
+     "adapt": adapt, "vocab": vocab}[args.what](args)
 
 
 if __name__ == "__main__":
