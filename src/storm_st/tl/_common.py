@@ -131,8 +131,8 @@ def vocab_coverage(adata: AnnData, model: StormModel, threshold: float = LOW_VOC
 
     The gene encoder reads only vocabulary genes, so a slide of another tissue or panel that measures few of them is
     embedded from those few (of the default checkpoint's 2000 HER2ST genes, 266–278 are measured on the DLPFC
-    sections, 13–14 %, and none of the cortical layer markers). ``None`` for a model whose gene input is an ``obsm``
-    embedding.
+    sections, 13–14 %, and none of the cortical layer markers; design experiment 20 found that extending the
+    vocabulary did not improve DLPFC domains). ``None`` for a model whose gene input is an ``obsm`` embedding.
     """
     from storm_st.pp import align_genes
 
@@ -145,10 +145,9 @@ def vocab_coverage(adata: AnnData, model: StormModel, threshold: float = LOW_VOC
 
         warnings.warn(
             f"Only {al.n_matched} of the model's {al.n_vocab} vocabulary genes are measured on this slide "
-            f"({100 * al.coverage:.1f} %); its expression embedding rests on those genes alone, and the slide's other "
-            "genes are not read. Domains from it can be weaker than from the slide's own genes (e.g. HVG -> PCA). A model "
-            "pretrained on slides of this tissue or panel, with a vocabulary chosen from them (storm-st pretrain), "
-            "reads them.",
+            f"({100 * al.coverage:.1f} %); its expression embedding reads those genes alone, and the slide's other "
+            "genes are not used. If the genes that matter here are outside the vocabulary, a model pretrained on slides "
+            "of this tissue or panel, with a vocabulary chosen from them (storm-st pretrain), reads them.",
             UserWarning,
             stacklevel=3,
         )
