@@ -190,13 +190,24 @@ def readouts(args) -> None:
                       "seed": args.seed, "stains_normalised": True, "fit_s": fit_s, "median_r": res}), flush=True)
 
 
+def _st_domain_ari(model, a, key: str, k: int) -> float:
+    """ARI of ``tl.domains`` (k-means, K = ``k``, seed 0) on the ST-only embedding of a copy of ``a``, as in
+    ``domains.py``."""
+    from domains import _metrics
+
+    b = a.copy()
+    st.tl.embed(b, model, modalities="st", show_progress=False)
+    st.tl.domains(b, n_domains=k, use_rep="X_storm", key_added="d", random_state=0)
+    return round(_metrics(b, key, "d", "X_storm")["ARI"], 4)
+
+
 def adapt(args) -> None:
     """Design experiment 19: spatial domains (ST only) from the model as it is and after continuing its pretraining on
     the slide itself (``training.init_model``, expression only, no labels), on sections that are not benchmark slides."""
     import json
 
     from _common import read_slide
-    from domains import _labelled, _metrics
+    from domains import _labelled
 
     from storm_st.train import pretrain
 
@@ -218,10 +229,7 @@ def adapt(args) -> None:
                        "trainer": {"log_every_n_steps": 10, "checkpoint_every_n_steps": 1000, "accelerator": "cpu",
                                    "seed": args.seed}}
                 model = st.load_model(str(pretrain(cfg)))
-            b = a.copy()
-            st.tl.embed(b, model, modalities="st", show_progress=False)
-            st.tl.domains(b, n_domains=k, use_rep="X_storm", key_added="d", random_state=0)
-            res[n] = {"ARI": round(_metrics(b, key, "d", "X_storm")["ARI"], 4), "seconds": round(time.time() - t0)}
+            res[n] = {"ARI": _st_domain_ari(model, a, key, k), "seconds": round(time.time() - t0)}
         print(json.dumps({"slide": spec, "K": k, "model": args.model, "lr": args.lr, "seed": args.seed, "steps": res}),
               flush=True)
 
@@ -234,7 +242,7 @@ def vocab(args) -> None:
 
     import yaml
     from _common import read_slide
-    from domains import _labelled, _metrics
+    from domains import _labelled
 
     from storm_st.train import pretrain
 
@@ -261,10 +269,7 @@ def vocab(args) -> None:
         train_s = round(time.time() - t0)
         ari = {}
         for spec, (a, key, k) in evals.items():
-            b = a.copy()
-            st.tl.embed(b, model, modalities="st", show_progress=False)
-            st.tl.domains(b, n_domains=k, use_rep="X_storm", key_added="d", random_state=0)
-            ari[spec] = round(_metrics(b, key, "d", "X_storm")["ARI"], 4)
+            ari[spec] = _st_domain_ari(model, a, key, k)
         her = [ari[s] for s in ("C1", "D1", "E1", "F1")]
         print(json.dumps({"arm": name, "vocab": len(genes), "steps": args.steps, "train_s": train_s, "ARI": ari,
                           "her2st_mean": round(float(np.mean(her)), 4)}), flush=True)
