@@ -181,14 +181,14 @@ def _paired_note(res) -> str:
     per = {(r["method"], r["slide"]): np.array(r["pcc_per_gene"], dtype=float) for r in rows}
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != SHIPPED]
     moran = res.get("test_morans_i") or {}
+    cut = (res.get("test_morans_i_info") or {}).get("structured_if_at_least", 0.1)
     txt = ["\n#### Top 50 HVGs, gene by gene against the shipped head\n\n"
            "A median over 50 genes can move with a few genes near the middle; here every method is compared with the "
            "shipped head on the same genes of each test slide: the median of the per-gene differences in r (method − "
            "shipped), how many genes it predicts better, and the two-sided Wilcoxon signed-rank p of the differences "
            "(genes without an r in either excluded)."]
     if moran:
-        info = res.get("test_morans_i_info", {})
-        cut = info.get("structured_if_at_least", 0.1)
+        info = res.get("test_morans_i_info") or {}
         txt.append(f" *Structured* / *unstructured*: the median r over the genes whose Moran's I on that test slide "
                    f"(measured expression, immediate neighbours) is at least / below {cut:g}; the unstructured genes have "
                    f"no spatial pattern to predict from an image, and their r is noise around 0 (`{info.get('command', '')}`).")
@@ -197,6 +197,7 @@ def _paired_note(res) -> str:
         hdr += [f"{sl} median Δr", f"{sl} better / n", f"{sl} Wilcoxon p"]
         if moran:
             hdr += [f"{sl} median r structured / unstructured"]
+    mis = {sl: np.array([moran.get(sl, {}).get(g, np.nan) for g in genes], dtype=float) for sl in res["test"]}
     body = []
     for meth in [SHIPPED] + methods:
         line = [meth]
@@ -216,7 +217,7 @@ def _paired_note(res) -> str:
                 p = wilcoxon(d).pvalue if np.any(d != 0) else float("nan")
                 line += [f"{np.median(d):+.3f}", f"{int((d > 0).sum())} / {len(d)}", "< 0.001" if p < 0.001 else _f(p)]
             if moran:
-                mi = np.array([moran.get(sl, {}).get(g, np.nan) for g in genes], dtype=float)
+                mi = mis[sl]
                 st_ = ok & (mi >= cut)
                 un = ok & np.isfinite(mi) & (mi < cut)
                 line += [f"{_f(np.median(a[st_])) if st_.any() else '–'} / {_f(np.median(a[un])) if un.any() else '–'} "
