@@ -198,17 +198,18 @@ def pretrain(
     if not slide_specs:
         raise ValueError("The config lists no slides under data.slides.")
     adatas, uses, weights, prep_kw = [], [], [], []
-    for spec in slide_specs:
-        use = (spec.get("use", "he+st") if isinstance(spec, dict) else "he+st")
-        weights.append(float(spec.get("weight", 1.0)) if isinstance(spec, dict) else 1.0)
+    for raw in slide_specs:
+        spec = raw if isinstance(raw, dict) else {"path": raw}  # a bare path reads as {path: ...}
+        use = spec.get("use", "he+st")
+        weights.append(float(spec.get("weight", 1.0)))
         if use not in ("he+st", "he", "st"):
             raise ValueError(f"slide 'use' must be he+st, he or st, got {use!r}.")
         a = read_slide_spec(spec, cfg["_base"])
         if "st" in use and a.n_vars == 0:
-            raise ValueError(f"Slide {spec!r} has no expression (n_vars == 0): give it use: he.")
+            raise ValueError(f"Slide {raw!r} has no expression (n_vars == 0): give it use: he.")
         adatas.append(a)
         uses.append(use)
-        prep_kw.append({k: spec[k] for k in ("library_key", "layer") if isinstance(spec, dict) and spec.get(k)})
+        prep_kw.append({k: spec[k] for k in ("library_key", "layer") if spec.get(k)})
     vocab = cfg["vocab"]["genes"] if init is None else list(init.config.gene_vocab)
     vocab_file = out / "vocabulary.json"
     if vocab is None and resume and vocab_file.is_file():
