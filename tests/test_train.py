@@ -141,6 +141,27 @@ def test_pretrain_cli_resume_reaches_the_uninterrupted_result(tmp_path):
         torch.testing.assert_close(v, ref[k], rtol=0, atol=0, msg=f"{k} differs from the uninterrupted run")
 
 
+def test_resume_of_a_moved_run_folder_keeps_one_last_checkpoint(tmp_path):
+    """A run folder copied elsewhere and resumed twice continues from where it stopped each time."""
+    import shutil
+
+    from storm_st.cli import main
+    from storm_st.models import from_pretrained
+
+    st.datasets.demo().write_h5ad(tmp_path / "demo.h5ad")
+    first = tmp_path / "first"
+    cfg = _write_cfg(tmp_path, first, 4)
+    assert main(["pretrain", "--config", str(cfg), "--stop-at-step", "2"]) == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    assert main(["pretrain", "--config", str(cfg), "--output", str(moved), "--resume", "--stop-at-step", "3"]) == 0
+    assert main(["pretrain", "--config", str(cfg), "--output", str(moved), "--resume"]) == 0
+    assert [p.name for p in (moved / "checkpoints").iterdir()] == ["last.ckpt"]
+    ck = torch.load(moved / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 4
+    assert from_pretrained(moved / "model").extra["pretraining"]["resumed_from_step"] == 3
+
+
 def test_crop_windows_cuts_windows_to_the_crop():
     from storm_st.train._head import crop_windows
 

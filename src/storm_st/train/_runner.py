@@ -290,7 +290,10 @@ def pretrain(
         accumulate_grad_batches=acc,
         log_every_n_steps=tr["log_every_n_steps"],
         logger=CSVLogger(out, name="logs", version=0, flush_logs_every_n_steps=tr["log_every_n_steps"]),
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=tr["checkpoint_every_n_steps"], save_last=True, save_top_k=0)],
+        # no version counter: a run folder that was moved or copied (its checkpoint remembers the old path) keeps
+        # writing last.ckpt, the file --resume reads, instead of a last-v1.ckpt that a second resume would not see
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=tr["checkpoint_every_n_steps"], save_last=True,
+                                   save_top_k=0, enable_version_counter=False)],
         enable_progress_bar=bool(tr["enable_progress_bar"]),
         enable_model_summary=bool(tr["enable_progress_bar"]),
         num_sanity_val_steps=0,
