@@ -172,6 +172,7 @@ def main() -> None:
         f"spots of {', '.join(sup.get('train', TRAIN))} to predict their {sup.get('n_genes', '?')} top HVGs)"
         if init else "random init"
     )
+    paired, p_he_only = float(cfg.get("data", {}).get("paired_fraction", 0.75)), float(tcfg.get("p_he_only", 0.5))
     lr, blr, ld = tcfg.get("lr"), tcfg.get("backbone_lr") or tcfg.get("lr"), tcfg.get("layer_decay")
     lr_note = (
         f"the backbone's {lr / blr:g}x below the spatial encoder's, so that masked pretraining refines the supervised "
@@ -207,7 +208,7 @@ python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {a
 | gene vocabulary | {len(model.config.gene_vocab)} genes (seurat_v3 highly variable genes over all pretraining slides, slides as batches) |
 | H&E backbone | `{model.config.he_backbone}` at {model.config.image_size} px over {model.config.patch_fov_um(100):.0f} µm around each 100 µm spot ({model.config.patch_fov_um(100) / model.config.image_size:.2f} µm/px), {init_row} |
 | spatial encoder | {model.config.depth} blocks, width {model.config.hidden_dim}, {model.config.num_heads} heads, MoME FFNs, 2-D ALiBi |
-| optimizer steps | {info.get('steps')} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}{', centres drawn as a contiguous region' if cfg.get('data', {}).get('contiguous') else ', random centres'}) |
+| optimizer steps | {info.get('steps')} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}{', centres drawn as a contiguous region' if cfg.get('data', {}).get('contiguous') else ', random centres'}; {paired:.0%} of the windows from the H&E + ST slides, the rest from the expression-only ones, `data.paired_fraction`) |
 | pretraining wall time | {_wall_time(info)} |
 | expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), reads {HEAD_READS[model.config.head_input]}{f', trained on neighbour-smoothed targets (w = {smooth_used:g}, design experiment 15)' if smooth_used else ''}, 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.encoder_epochs} epochs training the spatial encoder with the head on the frozen backbone tokens (design experiment 12; every embedding of the shipped model uses that tuned encoder)' if args.encoder_epochs else ''}{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
 | stain normalisation | {'every slide normalised to the stains of ' + ', '.join(TRAIN) + ' (Macenko; `config.stain_reference`; design experiment 17), head fitted on normalised patches; `load_model(stain_normalize=False)` reads patches as they are' if model.config.stain_reference else 'off (patches as read; design experiments 16, 17)'}{'; the stains of ' + ', '.join(TRAIN) + ' are recorded (`--record-training-stains`), so `load_model(stain_normalize=True)` normalises every slide to them' if model.extra.get('training_stains') and not model.config.stain_reference else ''} |
@@ -223,7 +224,11 @@ Design choices of this small CPU model, and why:
 - **H&E target**: the layer-normalised features of an EMA copy (momentum {cfg.get('training', {}).get('ema_momentum')}) of the H&E
   encoder, with stop-gradient (data2vec-style): it cannot collapse since the teacher lags the student and
   the ST loss anchors the backbone.
-{CONTIGUOUS_NOTE if cfg.get('data', {}).get('contiguous') else ''}- **H&E-only windows** (half of the windows): all 25 H&E tokens visible, every ST token reconstructed.
+{CONTIGUOUS_NOTE if cfg.get('data', {}).get('contiguous') else ''}- **Batch mix**: {paired:.0%} of the windows come from the H&E + ST slides, {1 - paired:.0%} from the expression-only
+  sections. A lower share gave better expression-only embeddings (spatial domains) on validation slides at no
+  cost to H&E → expression on C4 and in half the pretraining time, since expression-only windows skip the
+  backbone (design experiment 21 below; 0.8 before it).
+- **H&E-only windows** ({p_he_only:.0%} of the windows from H&E slides): all 25 H&E tokens visible, every ST token reconstructed.
   This is the virtual-ST setting of H&E-only slides, which a model pretrained only with 5 visible
   spots per modality never sees.
 - **Learning rates** {lr:g} (spatial encoder, decoders) and {blr:g} (backbone, layer-wise decay {ld:g}):
