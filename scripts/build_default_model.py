@@ -30,7 +30,7 @@ import torch
 import storm_st as st
 from storm_st.models import from_pretrained, save_pretrained
 from storm_st.tl._expression import TARGET_SMOOTHING
-from storm_st.train._runner import export_run
+from storm_st.train._runner import DEFAULTS, export_run
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Results of benchmarks/validate.py that motivated configs/default.yaml (kept with the report it generates).
@@ -172,7 +172,9 @@ def main() -> None:
         f"spots of {', '.join(sup.get('train', TRAIN))} to predict their {sup.get('n_genes', '?')} top HVGs)"
         if init else "random init"
     )
-    paired, p_he_only = float(cfg.get("data", {}).get("paired_fraction", 0.75)), float(tcfg.get("p_he_only", 0.5))
+    # a run records its resolved config; the package defaults fill in what an older checkpoint did not record
+    paired = float({**DEFAULTS["data"], **cfg.get("data", {})}["paired_fraction"])
+    p_he_only = float({**DEFAULTS["training"], **tcfg}["p_he_only"])
     lr, blr, ld = tcfg.get("lr"), tcfg.get("backbone_lr") or tcfg.get("lr"), tcfg.get("layer_decay")
     lr_note = (
         f"the backbone's {lr / blr:g}x below the spatial encoder's, so that masked pretraining refines the supervised "

@@ -77,7 +77,7 @@ def load_config(path: str | Path | dict) -> dict[str, Any]:
     return cfg
 
 
-def read_slide_spec(spec: dict[str, Any] | str, base: str | Path = ".") -> Any:
+def read_slide_spec(spec: dict[str, Any], base: str | Path = ".") -> Any:
     """Read one slide of a config.
 
     ``{reader: her2st, root: ..., section: C2}``, ``{reader: dlpfc, path: ...}``, ``{reader: wsi, path: he.tif,
@@ -90,9 +90,7 @@ def read_slide_spec(spec: dict[str, Any] | str, base: str | Path = ".") -> Any:
 
     from storm_st import io
 
-    if isinstance(spec, str):
-        spec = {"path": spec}
-    spec = dict(spec)
+    spec = dict(spec)  # a bare path in a config was made {path: ...} by pretrain
     if "adata" in spec:  # an object in memory (from Python: storm_st.train.pretrain with a dict config)
         return spec["adata"]
     reader = spec.pop("reader", None)
