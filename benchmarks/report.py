@@ -706,6 +706,20 @@ def section_stain_shift(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _shipped_sha() -> str | None:
+    """sha256 of the checkpoint this checkout ships (``load_model("default")``), from its config.json."""
+    try:
+        return json.loads((ROOT / "src/storm_st/models/_weights/default/config.json").read_text())["sha256"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return None
+
+
+def _earlier_checkpoints(results: dict[str, dict], shipped: str | None) -> list[str]:
+    """The checkpoints (sha256) a suite's results were measured on that are not the shipped one."""
+    shas = {(r.get("model") or {}).get("sha256") for r in results.values()} - {None}
+    return sorted(s for s in shas if shipped is not None and s != shipped)
+
+
 def render(out: Path) -> None:
     files = sorted(p for p in RESULTS.glob("*_*.json"))
     by_tag: dict[str, dict[str, dict]] = {}
@@ -719,11 +733,21 @@ def render(out: Path) -> None:
             by_tag.setdefault(tag, {})[task] = json.loads(p.read_text())
         except json.JSONDecodeError:
             continue
-    tags = sorted(by_tag, key=lambda t: (t != "full", not t.startswith("quick"), t))  # quick, then its re-runs (quick-seed1)
+    shipped = _shipped_sha()
+    earlier = {t: _earlier_checkpoints(by_tag[t], shipped) for t in by_tag}
+    # suites of the shipped checkpoint first (full, quick, its re-runs), then those of earlier checkpoints
+    tags = sorted(by_tag, key=lambda t: (bool(earlier[t]), t != "full", not t.startswith("quick"), t))
     parts = [HEADER]
     for tag in tags:
         parts.append(f"\n## Suite: {tag}\n")
         notes = {r["note"] for r in by_tag[tag].values() if r.get("note")}
+        if earlier[tag] and not any(n.startswith("**Experiment") for n in notes):
+            old = ", ".join(f"{s[:12]}…" for s in earlier[tag])
+            parts.append(
+                f"\n**Earlier checkpoint.** Measured on sha256 {old}, not on the checkpoint this version ships "
+                f"({shipped[:12]}…); kept as the record of what that checkpoint scored. Sections without this note "
+                "describe the shipped one.\n"
+            )
         parts.extend(f"\n{n}\n" for n in sorted(notes))
         for task, fn in (("expression", section_expression), ("domains", section_domains), ("speed", section_speed),
                          ("speed_peers", section_speed_peers), ("protocol", section_protocol)):

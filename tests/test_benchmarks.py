@@ -208,6 +208,33 @@ def test_report_domains_mean_over_her2st_sections(tmp_path, monkeypatch):
     assert "HER2ST A1, C1 are among the default checkpoint's" in md
 
 
+def test_report_flags_suites_of_an_earlier_checkpoint(tmp_path, monkeypatch):
+    """A suite measured on another checkpoint than the shipped one says so and comes after the shipped one's."""
+    import report
+
+    def domains(sha, note=None):
+        res = {"command": "c", "date": "d0", "date_end": "d1", "wall_s": 1.0, "status": "ok", "machine": {},
+               "versions": {}, "task": "domains", "model": {"name": "default", "sha256": sha}, "slides": {}, "rows": []}
+        return {**res, "note": note} if note else res
+
+    res_dir = tmp_path / "results"
+    res_dir.mkdir()
+    (res_dir / "aaa-old_domains.json").write_text(json.dumps(domains("0ld0ld0ld0ld0ld")))
+    (res_dir / "exp_domains.json").write_text(json.dumps(domains("0ld0ld0ld0ld0ld", "**Experiment, not shipped.**")))
+    (res_dir / "zzz-new_domains.json").write_text(json.dumps(domains("5h1pped5h1pped")))
+    monkeypatch.setattr(report, "RESULTS", res_dir)
+    monkeypatch.setattr(report, "STATIC", tmp_path / "static")
+    monkeypatch.setattr(report, "_shipped_sha", lambda: "5h1pped5h1pped")
+    report.render(tmp_path / "bench.md")
+    md = (tmp_path / "bench.md").read_text()
+    suites = [line for line in md.splitlines() if line.startswith("## Suite: ")]
+    assert suites == ["## Suite: zzz-new", "## Suite: aaa-old", "## Suite: exp"]
+    old = md.split("## Suite: aaa-old")[1].split("## Suite: exp")[0]
+    assert "**Earlier checkpoint.** Measured on sha256 0ld0ld0ld0ld…, not on the checkpoint this version ships (5h1pped5h1pp…)" in old
+    assert "Earlier checkpoint" not in md.split("## Suite: aaa-old")[0]  # the shipped checkpoint's suite: no note
+    assert "Earlier checkpoint" not in md.split("## Suite: exp")[1]  # an experiment already says what it is
+
+
 def test_morans_i_separates_a_spatial_pattern_from_noise():
     """gene_structure.py: Moran's I on the ring graph is high for a smooth gradient, near 0 for shuffled counts."""
     from _helpers import synthetic_slide
