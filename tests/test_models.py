@@ -132,6 +132,36 @@ def test_corrupted_checkpoint_refused(tmp_path):
         from_pretrained(tmp_path)
 
 
+def test_average_models_averages_weights_and_refuses_other_architectures(tmp_path):
+    from storm_st.models import average_models
+
+    a = tiny_model()
+    torch.manual_seed(1)
+    b = StormModel(tiny_config()).eval()
+    a.extra = {"training_stains": {"s": 1}}
+    b.extra = {"training_stains": {"s": 1}}
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    soup = average_models([a, b])
+    sa, sb = a.state_dict(), b.state_dict()
+    for k, v in soup.state_dict().items():
+        if v.is_floating_point():  # BatchNorm running statistics too
+            torch.testing.assert_close(v, (sa[k] + sb[k]) / 2, rtol=0, atol=1e-6)
+        else:  # e.g. num_batches_tracked
+            assert torch.equal(v, sa[k])
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa)  # two different models went in
+    assert all(torch.equal(v, before[k]) for k, v in a.state_dict().items())  # inputs untouched
+    assert soup.extra["training_stains"] == {"s": 1} and len(soup.extra["averaged_from"]) == 2
+    assert not soup.training and soup.checkpoint_sha256 is None
+    back = from_pretrained(save_pretrained(soup, tmp_path / "soup"))  # a checkpoint like any other
+    assert back.extra["averaged_from"] == soup.extra["averaged_from"]
+    b.extra = {"training_stains": {"s": 2}}
+    assert "training_stains" not in average_models([a, b]).extra  # no single record of the stains
+    with pytest.raises(ValueError, match="differs in \\['hidden_dim'"):
+        average_models([a, StormModel(tiny_config(hidden_dim=48, num_heads=4))])
+    with pytest.raises(ValueError, match="at least two"):
+        average_models([a])
+
+
 def test_load_model_names(tmp_path):
     with pytest.raises(ValueError, match="Unknown model"):
         st.load_model("no-such-model")

@@ -141,6 +141,43 @@ def test_pretrain_cli_resume_reaches_the_uninterrupted_result(tmp_path):
         torch.testing.assert_close(v, ref[k], rtol=0, atol=0, msg=f"{k} differs from the uninterrupted run")
 
 
+def test_data_seed_changes_the_data_stream_but_not_the_start(tmp_path):
+    """--set trainer.data_seed=N: same initial weights as seed's run, other windows / masks (runs to average)."""
+    from storm_st.cli import main
+    from storm_st.models import from_pretrained
+
+    st.datasets.demo().write_h5ad(tmp_path / "demo.h5ad")
+    cfg = str(_write_cfg(tmp_path, tmp_path / "unused", 2))
+    runs = {}
+    for name, sets in (("base", []), ("ds0", ["trainer.data_seed=0"]), ("ds1", ["trainer.data_seed=1"]),
+                       ("base_lr0", ["training.lr=0", "training.backbone_lr=0"]),
+                       ("ds1_lr0", ["training.lr=0", "training.backbone_lr=0", "trainer.data_seed=1"])):
+        args = ["pretrain", "--config", cfg, "--set", f"output={tmp_path / name}"]
+        assert main(args + [x for kv in sets for x in ("--set", kv)]) == 0
+        runs[name] = dict(from_pretrained(tmp_path / name / "model").named_parameters())
+    resolved = json.loads((tmp_path / "ds1" / "config_resolved.json").read_text())["config"]
+    assert resolved["trainer"]["data_seed"] == 1 and resolved["output"] == str(tmp_path / "ds1")
+
+    def same(a, b):
+        return all(torch.equal(v, runs[b][k]) for k, v in runs[a].items())
+
+    assert same("base", "ds0")  # data_seed defaults to seed: runs made before the option are reproduced
+    assert not same("base", "ds1")  # another data stream trains other weights ...
+    assert same("base_lr0", "ds1_lr0")  # ... from the same start
+
+
+def test_config_overrides_are_checked():
+    from storm_st.train._runner import load_config
+
+    cfg = load_config({"training": {"max_steps": 5}}, ["training.max_steps=7", "trainer.data_seed=3", "output=runs/x"])
+    assert cfg["training"]["max_steps"] == 7 and cfg["trainer"]["data_seed"] == 3 and cfg["output"] == "runs/x"
+    assert load_config({}, ["model.hidden_dim=64"])["model"]["hidden_dim"] == 64
+    for bad, match in (("trainer.data_seed", "section.key=value"), ("data_seed=1", "section.key=value"),
+                       ("optim.lr=1", "unknown section 'optim'"), ("training.lrr=1", "Unknown keys \\['lrr'\\]")):
+        with pytest.raises(ValueError, match=match):
+            load_config({}, [bad])
+
+
 def test_resume_of_a_moved_run_folder_keeps_one_last_checkpoint(tmp_path):
     """A run folder copied elsewhere and resumed twice continues from where it stopped each time."""
     import shutil

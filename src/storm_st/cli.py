@@ -22,6 +22,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from <output>/checkpoints/last.ckpt")
     p.add_argument("--max-steps", type=int, default=None, help="override training.max_steps (the schedule length)")
     p.add_argument("--stop-at-step", type=int, default=None, help="stop at this step, keeping the schedule (resume later)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (YAML syntax; repeatable), e.g. --set trainer.data_seed=1")
     p.set_defaults(func=_cmd_pretrain)
 
     d = sub.add_parser("demo", help="run the whole workflow on the embedded real data (offline)")
@@ -51,7 +53,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     _setup_logging()
     path = pretrain(
-        args.config, output=args.output, resume=args.resume, max_steps=args.max_steps, stop_at_step=args.stop_at_step
+        args.config, output=args.output, resume=args.resume, max_steps=args.max_steps, stop_at_step=args.stop_at_step,
+        overrides=args.overrides,
     )
     print(f"model written to {path}")
     return 0

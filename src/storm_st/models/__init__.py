@@ -1,7 +1,7 @@
 """STORM network: spot encoders, spatial encoder, heads (plain torch modules, no AnnData)."""
 
 from ._config import PRESETS, StormConfig
-from ._io import from_pretrained, load_backbone_weights, load_model, save_pretrained, set_stain_normalization
+from ._io import average_models, from_pretrained, load_backbone_weights, load_model, save_pretrained, set_stain_normalization
 from ._layers import alibi_bias, alibi_slopes
 from ._storm import FeatureGeneEncoder, GeneEncoder, HEEncoder, StormModel, WindowTokens
 
@@ -15,6 +15,7 @@ __all__ = [
     "WindowTokens",
     "alibi_bias",
     "alibi_slopes",
+    "average_models",
     "from_pretrained",
     "load_backbone_weights",
     "load_model",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,57 @@ def load_model(
     if stain_normalize is not None:
         set_stain_normalization(model, stain_normalize)
     return model
+
+
+def average_models(models: Sequence[StormModel]) -> StormModel:
+    """Average the weights of several models of one architecture (a "model soup", Wortsman et al. 2022).
+
+    Runs that start from the same weights and differ only in their data stream (``storm-st pretrain --set
+    trainer.data_seed=N`` with one ``trainer.seed``) usually stay close enough in weight space for their average
+    to work as one model of the same size (design experiment 22 in ``scripts/design_experiments.md``); models
+    trained from different starts do not, and their average is meaningless. Floating-point tensors are averaged,
+    BatchNorm running statistics included (not recomputed); integer buffers are taken from the first model.
+
+    Parameters
+    ----------
+    models
+        Two or more models with identical configurations (architecture, gene vocabulary, head genes).
+
+    Returns
+    -------
+    A new model in ``eval()`` mode; the inputs are not modified. ``extra["averaged_from"]`` lists the inputs'
+    names and checkpoint sha256; ``extra["training_stains"]`` is kept when all inputs record the same.
+    """
+    models = list(models)
+    if len(models) < 2:
+        raise ValueError(f"average_models needs at least two models, got {len(models)}.")
+    ref = {k: v for k, v in models[0].config.to_dict().items() if k != "name"}
+    for i, m in enumerate(models[1:], start=1):
+        other = {k: v for k, v in m.config.to_dict().items() if k != "name"}
+        if other != ref:
+            diff = sorted(k for k in ref.keys() | other.keys() if ref.get(k) != other.get(k))
+            raise ValueError(
+                f"Model {i} has another configuration than model 0 (differs in {diff}); only models of one architecture "
+                "and gene vocabulary can be averaged."
+            )
+    states = [m.state_dict() for m in models]
+    averaged = {}
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            averaged[k] = torch.stack([s[k].detach().float().cpu() for s in states]).mean(0).to(v.dtype)
+        else:
+            averaged[k] = v.detach().cpu().clone()
+    out = StormModel(StormConfig.from_dict(models[0].config.to_dict()))
+    out.load_state_dict(averaged)
+    extras = [getattr(m, "extra", None) or {} for m in models]
+    out.extra = {"averaged_from": [{"name": getattr(m, "name", None), "sha256": getattr(m, "checkpoint_sha256", None)}
+                                   for m in models]}
+    stains = [e.get("training_stains") for e in extras]
+    if stains[0] is not None and all(s == stains[0] for s in stains):
+        out.extra["training_stains"] = stains[0]
+    out.checkpoint_sha256 = None
+    out.eval()
+    return out
 
 
 def set_stain_normalization(model: StormModel, on: bool) -> None:

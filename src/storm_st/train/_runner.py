@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,37 @@ DEFAULTS: dict[str, Any] = {
         "log_every_n_steps": 10,
         "checkpoint_every_n_steps": 100,
         "seed": 0,
+        "data_seed": None,  # windows, masks, crops, dropout; None = seed. Same seed, other data_seed: same start
         "enable_progress_bar": True,
     },
 }
 
 
-def load_config(path: str | Path | dict) -> dict[str, Any]:
-    """Read a YAML pretraining config and fill in defaults (unknown sections raise)."""
+def _apply_overrides(user: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``section.key=value`` strings (values read as YAML) set on a copy of a config's content."""
+    import yaml
+
+    user = {k: (dict(v) if isinstance(v, dict) else v) for k, v in user.items()}
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or (section != "output" and (not dot or not name)) or (section == "output" and dot):
+            raise ValueError(f"Config override {item!r} is not section.key=value (e.g. trainer.data_seed=1, output=runs/x).")
+        value = yaml.safe_load(raw)
+        if section == "output":
+            user["output"] = value
+            continue
+        if section not in DEFAULTS:
+            raise ValueError(f"Config override {item!r}: unknown section {section!r}; expected one of {sorted(DEFAULTS)}.")
+        user[section] = {**(user.get(section) or {}), name: value}
+    return user
+
+
+def load_config(path: str | Path | dict, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a YAML pretraining config and fill in defaults (unknown sections raise).
+
+    ``overrides`` are ``section.key=value`` strings applied on top of the file (``storm-st pretrain --set``).
+    """
     import yaml
 
     if isinstance(path, dict):
@@ -61,6 +86,8 @@ def load_config(path: str | Path | dict) -> dict[str, Any]:
             raise FileNotFoundError(f"Config file {str(path)!r} not found.")
         user = yaml.safe_load(path.read_text()) or {}
         base = path.parent
+    if overrides:
+        user = _apply_overrides(user, overrides)
     unknown = set(user) - set(DEFAULTS) - {"output"}
     if unknown:
         raise ValueError(f"Unknown config sections {sorted(unknown)}; expected {sorted(DEFAULTS)} and 'output'.")
@@ -157,6 +184,7 @@ def pretrain(
     resume: bool = False,
     max_steps: int | None = None,
     stop_at_step: int | None = None,
+    overrides: Sequence[str] = (),
 ) -> Path:
     """Pretrain STORM as described by ``config``; returns the exported checkpoint folder.
 
@@ -170,7 +198,8 @@ def pretrain(
     every step's randomness is seeded by the step number), ``metrics.csv`` and, at the end, the
     exported model (``model/``: safetensors + config.json). ``max_steps`` overrides the schedule's
     length; ``stop_at_step`` stops earlier without changing the schedule (train in chunks, then
-    ``resume``).
+    ``resume``). ``overrides`` (``["trainer.data_seed=1"]``) change single config values, as
+    ``storm-st pretrain --set`` does.
     """
     import lightning as L
     import torch
@@ -183,7 +212,7 @@ def pretrain(
 
     from ._pretrain import StormPretraining
 
-    cfg = load_config(config)
+    cfg = load_config(config, overrides)
     if max_steps is not None:
         cfg["training"]["max_steps"] = int(max_steps)
     init = _init_model(cfg)  # continued pretraining: architecture, vocabulary and weights of a checkpoint
@@ -245,7 +274,8 @@ def pretrain(
     logger.info("pretraining on %d slides, %d spots, vocabulary of %d genes", len(slides), n_spots, len(vocab))
     acc = int(tr["accumulate_grad_batches"])
     steps = int(cfg["training"]["max_steps"])
-    sampler = WindowSampler(slides, windows=cfg["data"]["windows_per_batch"], steps=steps * acc, patch_size=cache, seed=tr["seed"],
+    data_seed = int(tr["seed"] if tr["data_seed"] is None else tr["data_seed"])
+    sampler = WindowSampler(slides, windows=cfg["data"]["windows_per_batch"], steps=steps * acc, patch_size=cache, seed=data_seed,
         paired_fraction=cfg["data"]["paired_fraction"], contiguous=cfg["data"]["contiguous"], weights=slide_weights,
     )
     ckpt_dir = out / "checkpoints"
@@ -266,7 +296,7 @@ def pretrain(
     training_kw = {k: v for k, v in cfg["training"].items() if k != "init_model"}
     if resuming:  # the checkpoint holds the weights: the start file is not needed (nor read) again
         training_kw["init_backbone"] = None
-    module = StormPretraining(model_cfg.to_dict(), seed=int(tr["seed"]), **training_kw)
+    module = StormPretraining(model_cfg.to_dict(), seed=data_seed, **training_kw)
     if init is not None and not resuming:
         module.start_from(init)
     start_step, log_dir = 0, out / "logs" / "version_0"  # where the CSVLogger below writes (name="logs", version=0)
