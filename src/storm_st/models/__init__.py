@@ -1,7 +1,14 @@
 """STORM network: spot encoders, spatial encoder, heads (plain torch modules, no AnnData)."""
 
 from ._config import PRESETS, StormConfig
-from ._io import average_models, from_pretrained, load_backbone_weights, load_model, save_pretrained, set_stain_normalization
+from ._io import (
+    average_models,
+    from_pretrained,
+    load_backbone_weights,
+    load_model,
+    save_pretrained,
+    set_stain_normalization,
+)
 from ._layers import alibi_bias, alibi_slopes
 from ._storm import FeatureGeneEncoder, GeneEncoder, HEEncoder, StormModel, WindowTokens
 
