@@ -169,8 +169,10 @@ def test_data_seed_changes_the_data_stream_but_not_the_start(tmp_path):
 def test_config_overrides_are_checked():
     from storm_st.train._runner import load_config
 
-    cfg = load_config({"training": {"max_steps": 5}}, ["training.max_steps=7", "trainer.data_seed=3", "output=runs/x"])
+    user = {"training": {"max_steps": 5}}
+    cfg = load_config(user, ["training.max_steps=7", "trainer.data_seed=3", "output=runs/x"])
     assert cfg["training"]["max_steps"] == 7 and cfg["trainer"]["data_seed"] == 3 and cfg["output"] == "runs/x"
+    assert user == {"training": {"max_steps": 5}}  # the caller's config is left as it was
     assert load_config({}, ["model.hidden_dim=64"])["model"]["hidden_dim"] == 64
     for bad, match in (("trainer.data_seed", "section.key=value"), ("data_seed=1", "section.key=value"),
                        ("optim.lr=1", "unknown section 'optim'"), ("training.lrr=1", "Unknown keys \\['lrr'\\]")):

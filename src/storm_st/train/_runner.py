@@ -54,7 +54,7 @@ def _apply_overrides(user: dict[str, Any], overrides: Sequence[str]) -> dict[str
     """``section.key=value`` strings (values read as YAML) set on a copy of a config's content."""
     import yaml
 
-    user = {k: (dict(v) if isinstance(v, dict) else v) for k, v in user.items()}
+    user = dict(user)  # sections are rebuilt below, never edited in place
     for item in overrides:
         key, sep, raw = str(item).partition("=")
         section, dot, name = key.strip().partition(".")
