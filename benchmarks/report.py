@@ -345,9 +345,12 @@ def section_domains(res, tag, out):
         "method's own representation: X_storm, the PCA, or the peer's embedding; '–' when the peer gives none). "
         "Baseline: scanpy normalize_total(1e4) → log1p → HVG 3000 (Seurat) → PCA 30 → KMeans(K, n_init=10). "
         "Peers run in their own environment (benchmarks/requirements.txt) and subprocess; failures are shown as errors.\n"
-        "- DLPFC's image is the 600 x 600 low-res image (≈12.7 µm/px): a 55 µm spot is ~4 px, so STORM (he) there "
-        "sees almost no morphology — reported as is.\n"
     )
+    if any(s.startswith("dlpfc") for s in res.get("slides", {})):
+        out.append(
+            "- DLPFC's image is the 600 x 600 low-res image (≈12.7 µm/px): a 55 µm spot is ~4 px, so STORM (he) there "
+            "sees almost no morphology — reported as is.\n"
+        )
     her2st = [s for s in res.get("slides", {}) if not s.startswith("dlpfc")]
     if her2st:
         out.append(
