@@ -12,8 +12,10 @@ fine-tuning) were made on these numbers, and then measured once on C5/C6 by ``ru
     python benchmarks/validate.py readouts --model runs/val_supinit_lowlr/model --head-genes 50 --seed 0
     python benchmarks/validate.py adapt --slides dlpfc:151674 dlpfc:151675 --steps 0 300
     python benchmarks/validate.py vocab --arms her2st her2st+dlpfc union
+    python benchmarks/validate.py --val C3 readouts --model runs/val_paired03_c3/model --arms A B --head-genes 50
 
-Prints the median gene-wise PCC over the top 50 seurat_v3 HVGs of C2 + C3, measured on C4.
+Prints the median gene-wise PCC over the top 50 seurat_v3 HVGs of C2 + C3, measured on C4. ``--val C2 | C3`` holds
+out another training section instead (the other two train; design experiment 23); C5 and C6 cannot be chosen.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 
 import storm_st as st
 
+PATIENT_C_TRAIN = ("C2", "C3", "C4")  # the training sections; C5 / C6 are the benchmark's test sections
 TRAIN, VAL = ["C2", "C3"], "C4"
 
 
@@ -148,7 +151,7 @@ def stain(args) -> None:
             out = st.tl.impute_expression(v, m, genes=genes50, key_added="virtual", show_progress=False)
             res[name] = round(float(np.nanmedian(st.tl.expression_pcc(v, out, genes=genes50))), 4)
         restained = float(np.mean([r for k, r in res.items() if k != "original"]))
-        print(json.dumps({"model": args.model, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
+        print(json.dumps({"model": args.model, "train": TRAIN, "val": VAL, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
                           "seed": args.seed, "stains_normalised": bool(norm), "fit_s": round(fit_s),
                           "as_read": res["original"], "restained_mean": round(restained, 4), "per_condition": res}),
               flush=True)
@@ -186,7 +189,7 @@ def readouts(args) -> None:
                                   var=pd.DataFrame(index=pd.Index([g.upper() for g in genes50])))
         r = st.tl.expression_pcc(val, virtual, genes=genes50)
         res[name] = round(float(np.nanmedian(r)), 4)
-    print(json.dumps({"model": args.model, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
+    print(json.dumps({"model": args.model, "train": TRAIN, "val": VAL, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
                       "seed": args.seed, "stains_normalised": True, "fit_s": fit_s, "median_r": res}), flush=True)
 
 
@@ -277,6 +280,8 @@ def vocab(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--val", default="C4", choices=PATIENT_C_TRAIN,
+                    help="validation section; the other two training sections train (default C4: train C2 + C3)")
     sub = ap.add_subparsers(dest="what", required=True)
     c = sub.add_parser("cnn")
     c.add_argument("--fov", type=float, nargs="+", default=[154.56])
@@ -329,6 +334,8 @@ def main() -> None:
     for p in (c, s, n, o):
         p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    global TRAIN, VAL
+    TRAIN, VAL = [s for s in PATIENT_C_TRAIN if s != args.val], args.val
     torch.set_num_threads(getattr(args, "threads", 2))
     {"cnn": cnn, "storm": storm, "decoder": decoder, "stain": stain, "readouts": readouts,
      "adapt": adapt, "vocab": vocab}[args.what](args)
