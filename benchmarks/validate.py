@@ -29,11 +29,15 @@ import torch
 import storm_st as st
 
 PATIENT_C_TRAIN = ("C2", "C3", "C4")  # the training sections; C5 / C6 are the benchmark's test sections
-TRAIN, VAL = ["C2", "C3"], "C4"
+VAL = "C4"  # the validation section (--val); the other two training sections train
+
+
+def _train() -> list[str]:
+    return [s for s in PATIENT_C_TRAIN if s != VAL]
 
 
 def _data():
-    train = [st.datasets.her2st(s) for s in TRAIN]
+    train = [st.datasets.her2st(s) for s in _train()]
     return train, st.datasets.her2st(VAL)
 
 
@@ -151,7 +155,7 @@ def stain(args) -> None:
             out = st.tl.impute_expression(v, m, genes=genes50, key_added="virtual", show_progress=False)
             res[name] = round(float(np.nanmedian(st.tl.expression_pcc(v, out, genes=genes50))), 4)
         restained = float(np.mean([r for k, r in res.items() if k != "original"]))
-        print(json.dumps({"model": args.model, "train": TRAIN, "val": VAL, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
+        print(json.dumps({"model": args.model, "train": _train(), "val": VAL, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
                           "seed": args.seed, "stains_normalised": bool(norm), "fit_s": round(fit_s),
                           "as_read": res["original"], "restained_mean": round(restained, 4), "per_condition": res}),
               flush=True)
@@ -189,7 +193,7 @@ def readouts(args) -> None:
                                   var=pd.DataFrame(index=pd.Index([g.upper() for g in genes50])))
         r = st.tl.expression_pcc(val, virtual, genes=genes50)
         res[name] = round(float(np.nanmedian(r)), 4)
-    print(json.dumps({"model": args.model, "train": TRAIN, "val": VAL, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
+    print(json.dumps({"model": args.model, "train": _train(), "val": VAL, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
                       "seed": args.seed, "stains_normalised": True, "fit_s": fit_s, "median_r": res}), flush=True)
 
 
@@ -279,8 +283,9 @@ def vocab(args) -> None:
 
 
 def main() -> None:
+    global VAL
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--val", default="C4", choices=PATIENT_C_TRAIN,
+    ap.add_argument("--val", default=VAL, choices=PATIENT_C_TRAIN,
                     help="validation section; the other two training sections train (default C4: train C2 + C3)")
     sub = ap.add_subparsers(dest="what", required=True)
     c = sub.add_parser("cnn")
@@ -334,8 +339,7 @@ def main() -> None:
     for p in (c, s, n, o):
         p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    global TRAIN, VAL
-    TRAIN, VAL = [s for s in PATIENT_C_TRAIN if s != args.val], args.val
+    VAL = args.val
     torch.set_num_threads(getattr(args, "threads", 2))
     {"cnn": cnn, "storm": storm, "decoder": decoder, "stain": stain, "readouts": readouts,
      "adapt": adapt, "vocab": vocab}[args.what](args)
