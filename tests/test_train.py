@@ -180,6 +180,33 @@ def test_config_overrides_are_checked():
             load_config({}, [bad])
 
 
+def test_config_extends_another_section_by_section(tmp_path):
+    from storm_st.train._runner import load_config
+
+    (tmp_path / "base.yaml").write_text(
+        "output: runs/base\nmodel: {hidden_dim: 64, depth: 2}\n"
+        "data: {paired_fraction: 0.3, slides: [{path: a.h5ad, use: he+st}, {path: b.h5ad, use: st}]}\n"
+        "training: {max_steps: 9}\n"
+    )
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "child.yaml").write_text(
+        "extends: ../base.yaml\noutput: runs/child\nmodel: {depth: 3}\ndata: {slides: [{path: c.h5ad, use: he}]}\n"
+    )
+    cfg = load_config(sub / "child.yaml", ["training.max_steps=4"])
+    assert cfg["output"] == "runs/child" and cfg["model"]["hidden_dim"] == 64 and cfg["model"]["depth"] == 3
+    assert cfg["data"]["paired_fraction"] == 0.3 and cfg["data"]["slides"] == [{"path": "c.h5ad", "use": "he"}]
+    assert cfg["training"]["max_steps"] == 4 and cfg["_base"] == str(sub)  # paths read from the named file's folder
+    assert "extends" not in cfg
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="loop"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="named by 'extends'"):
+        load_config(tmp_path / "c.yaml")
+
+
 def test_resume_of_a_moved_run_folder_keeps_one_last_checkpoint(tmp_path):
     """A run folder copied elsewhere and resumed twice continues from where it stopped each time."""
     import shutil

@@ -70,21 +70,50 @@ def _apply_overrides(user: dict[str, Any], overrides: Sequence[str]) -> dict[str
     return user
 
 
-def load_config(path: str | Path | dict, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Read a YAML pretraining config and fill in defaults (unknown sections raise).
+def _read_with_extends(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config's content, after the file it ``extends`` (if any).
 
-    ``overrides`` are ``section.key=value`` strings applied on top of the file (``storm-st pretrain --set``).
+    ``extends: other.yaml`` (relative to this file) is read first and this file's keys are set on top of it,
+    section by section; a list (such as ``data.slides``) is replaced as a whole.
     """
     import yaml
 
+    path = path.resolve()
+    if path in _seen:
+        chain = " -> ".join(p.name for p in (*_seen, path))
+        raise ValueError(f"Config files extend each other in a loop ({chain}); remove one 'extends'.")
+    if not path.is_file():
+        hint = f" (named by 'extends' in {str(_seen[-1])!r})" if _seen else ""
+        raise FileNotFoundError(f"Config file {str(path)!r} not found{hint}.")
+    user = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(user, dict):
+        raise ValueError(f"Config file {str(path)!r} must hold a mapping of sections, not {type(user).__name__}.")
+    parent = user.pop("extends", None)
+    if parent is None:
+        return user
+    merged = _read_with_extends(path.parent / str(parent), (*_seen, path))
+    for k, v in user.items():
+        if k != "output" and isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = {**merged[k], **v}
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_config(path: str | Path | dict, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a YAML pretraining config and fill in defaults (unknown sections raise).
+
+    A file may start from another with ``extends: other.yaml`` (a path relative to it): this file's keys are set on
+    top of the other's, section by section, lists replaced as a whole; relative paths inside either file are read
+    from the folder of the file given here. ``overrides`` are ``section.key=value`` strings applied on top of the
+    file (``storm-st pretrain --set``).
+    """
     if isinstance(path, dict):
         user = path
         base = Path.cwd()
     else:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Config file {str(path)!r} not found.")
-        user = yaml.safe_load(path.read_text()) or {}
+        user = _read_with_extends(path)
         base = path.parent
     if overrides:
         user = _apply_overrides(user, overrides)
