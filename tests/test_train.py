@@ -207,6 +207,19 @@ def test_config_extends_another_section_by_section(tmp_path):
         load_config(tmp_path / "c.yaml")
 
 
+def test_every_committed_config_loads():
+    """The configs of the repository (the default recipe and every design experiment's) resolve, extends included."""
+    from pathlib import Path
+
+    from storm_st.train._runner import load_config
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert any(p.name == "default.yaml" for p in configs)
+    for p in configs:
+        cfg = load_config(p)
+        assert cfg["data"]["slides"] and cfg["output"], p.name
+
+
 def test_resume_of_a_moved_run_folder_keeps_one_last_checkpoint(tmp_path):
     """A run folder copied elsewhere and resumed twice continues from where it stopped each time."""
     import shutil
