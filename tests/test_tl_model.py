@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 from _helpers import GENES, synthetic_slide, tiny_model
 
@@ -213,6 +214,34 @@ def test_head_reading_the_spot_token_alone_ignores_the_spatial_encoder(model):
             p.add_(torch.randn_like(p))
     after = np.asarray(st.tl.impute_expression(a, m, tta=False, show_progress=False).X)
     np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_cross_validate_expression_leaves_each_slide_out(model):
+    slides = [synthetic_slide(seed=i, library_id=f"lib{i}") for i in range(3)]
+    before = [(s.X.copy(), dict(s.layers), set(s.uns), s.obs.copy()) for s in slides]
+    kw = {"epochs": 1, "augment": False, "seed": 2}
+    cv = st.tl.cross_validate_expression(slides, model, genes=GENES[:5], tta=False, show_progress=False, **kw)
+    assert list(cv.columns) == ["held_out", "gene", "pearson_r", "n_train_spots"]
+    assert list(cv["held_out"].cat.categories) == ["lib0", "lib1", "lib2"] and len(cv) == 3 * 5
+    assert (cv["n_train_spots"] == 2 * slides[0].n_obs).all()
+    for s, (x, layers, uns, obs) in zip(slides, before, strict=True):  # the slides are left as they were
+        assert (s.X != x).nnz == 0 and dict(s.layers) == layers and set(s.uns) == uns
+        pd.testing.assert_frame_equal(s.obs, obs)
+    # the fold holding out lib1 is the head fitted on lib0 + lib2, scored on lib1
+    m = st.tl.fit_expression_head([slides[0], slides[2]], model, genes=GENES[:5], show_progress=False, **kw)
+    v = st.tl.impute_expression(slides[1], m, genes=GENES[:5], tta=False, show_progress=False, copy=True)
+    ref = st.tl.expression_pcc(slides[1], v, genes=GENES[:5])
+    got = cv[cv["held_out"] == "lib1"].set_index("gene")["pearson_r"]
+    np.testing.assert_allclose(got.loc[ref.index].to_numpy(), ref.to_numpy(), atol=1e-6)
+    # per-fold HVGs of the training slides when no genes are given; a mapping names the slides
+    hv = st.tl.cross_validate_expression({"a": slides[0], "b": slides[1]}, model, n_top_genes=4, tta=False,
+                                         show_progress=False, **kw)
+    assert list(hv["held_out"].cat.categories) == ["a", "b"] and hv.groupby("held_out", observed=True).size().tolist() == [4, 4]
+    assert set(hv[hv["held_out"] == "a"]["gene"]) == set(st.pp.select_hvgs([slides[1]], 4))
+    with pytest.raises(ValueError, match="at least 2 slides"):
+        st.tl.cross_validate_expression(slides[:1], model, show_progress=False)
+    with pytest.raises(KeyError, match="layers\\['counts'\\]"):
+        st.tl.cross_validate_expression(slides[:2], model, layer="counts", show_progress=False)
 
 
 def test_tuning_the_spatial_encoder_with_the_head(model, tmp_path):
