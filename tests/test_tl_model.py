@@ -240,7 +240,7 @@ def test_cross_validate_expression_leaves_each_slide_out(model):
     assert set(hv[hv["held_out"] == "a"]["gene"]) == set(st.pp.select_hvgs([slides[1]], 4))
     with pytest.raises(ValueError, match="at least 2 slides"):
         st.tl.cross_validate_expression(slides[:1], model, show_progress=False)
-    with pytest.raises(KeyError, match="layers\\['counts'\\]"):
+    with pytest.raises(KeyError, match="layer 'counts' not in adata.layers"):
         st.tl.cross_validate_expression(slides[:2], model, layer="counts", show_progress=False)
 
 

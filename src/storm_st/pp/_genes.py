@@ -278,7 +278,7 @@ def normalize(
     return adata if copy else None
 
 
-def select_hvgs(adatas: AnnData | list[AnnData], n_top_genes: int = 2000) -> list[str]:
+def select_hvgs(adatas: AnnData | list[AnnData], n_top_genes: int = 2000, *, layer: str | None = None) -> list[str]:
     """Highly variable genes of one or several slides, as upper-case symbols.
 
     Scanpy's ``seurat_v3`` flavour on raw counts (variance-stabilised, so lowly expressed noisy genes do
@@ -291,6 +291,8 @@ def select_hvgs(adatas: AnnData | list[AnnData], n_top_genes: int = 2000) -> lis
         Slides with raw counts.
     n_top_genes
         Number of genes returned.
+    layer
+        Layer of raw counts (default ``layers['counts']`` when present, else ``X``).
 
     Returns
     -------
@@ -306,7 +308,7 @@ def select_hvgs(adatas: AnnData | list[AnnData], n_top_genes: int = 2000) -> lis
     for i, a in enumerate(adatas):
         if a.n_vars == 0 or a.n_obs < 3:
             continue
-        X = _counts_matrix(a, None)
+        X = _counts_matrix(a, layer)
         check_counts(X, integer=True, what="counts")
         b = ad.AnnData(sp.csr_matrix(X, dtype=np.float32))
         b.var_names = pd.Index(gene_symbols(a)).astype(str)

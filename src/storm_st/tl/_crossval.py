@@ -31,18 +31,6 @@ def _slide_names(adatas: Sequence[AnnData]) -> list[str]:
     return names
 
 
-def _counts_as_x(adatas: list[AnnData], layer: str | None) -> list[AnnData]:
-    """The slides with their raw counts in ``X`` (``select_hvgs`` reads ``X``); no data is copied."""
-    if layer is None:
-        return adatas
-    import anndata as ad
-
-    missing = [i for i, a in enumerate(adatas) if layer not in a.layers]
-    if missing:
-        raise KeyError(f"layers[{layer!r}] (raw counts) is missing on slide(s) {missing}; give the layer every slide has.")
-    return [ad.AnnData(X=a.layers[layer], obs=a.obs[[]], var=a.var) for a in adatas]
-
-
 def cross_validate_expression(
     adatas: Sequence[AnnData] | Mapping[str, AnnData],
     model: StormModel | str | None = None,
@@ -75,7 +63,7 @@ def cross_validate_expression(
     n_top_genes
         Number of highly variable genes per fold when ``genes`` is not given.
     layer
-        Layer of raw counts (default ``X``).
+        Layer of raw counts (default ``layers['counts']`` when present, else ``X``).
     tta
         Average predictions over the 8 flips / rotations of each patch (:func:`impute_expression`).
     show_progress
@@ -125,7 +113,7 @@ def cross_validate_expression(
     rows = []
     for i, held in enumerate(slides):
         train = [s for j, s in enumerate(slides) if j != i]
-        fold_genes = list(genes) if genes is not None else select_hvgs(_counts_as_x(train, layer), n_top_genes)
+        fold_genes = list(genes) if genes is not None else select_hvgs(train, n_top_genes, layer=layer)
         fitted = fit_expression_head(train, base, genes=fold_genes, layer=layer, show_progress=False, **fit_kwargs)
         out = impute_expression(held, fitted, genes=fold_genes, tta=tta, show_progress=False, copy=True)
         if Keys.VIRTUAL in out.layers:  # a copy of the slide carrying the prediction as a layer
