@@ -163,7 +163,9 @@ def stain(args) -> None:
 
 def readouts(args) -> None:
     """Design experiment 18: the shipped recipe's head (A: ``"centre"``, encoder tuned), the spot-token head (B), their
-    predictions averaged (E) and a ``"centre+spot"`` head with the encoder tuned (C); stains normalised as shipped."""
+    predictions averaged (E) and a ``"centre+spot"`` head with the encoder tuned (C); stains normalised as shipped.
+    Design experiment 25: F averages A's head with ``--n-heads - 1`` more centre heads fitted on A's tuned encoder
+    (frozen; head seeds ``100 * seed + j``)."""
     import json
 
     import anndata
@@ -176,7 +178,8 @@ def readouts(args) -> None:
     st.models.set_stain_normalization(base, True)
     arms = {"A": ("centre", args.encoder_epochs), "B": ("spot", 0), "C": ("centre+spot", args.encoder_epochs)}
     pred, res, fit_s = {}, {}, {}
-    for name in args.arms:
+    tuned_a = None
+    for name in [a for a in args.arms if a != "F"]:
         hi, ee = arms[name]
         t0 = time.time()
         m = st.tl.fit_expression_head(train, base, genes=genes, seed=args.seed, head_input=hi, encoder_epochs=ee,
@@ -184,17 +187,32 @@ def readouts(args) -> None:
         fit_s[name] = round(time.time() - t0)
         out = st.tl.impute_expression(val.copy(), m, genes=genes50, key_added="virtual", show_progress=False)
         pred[name] = np.asarray(out.X, dtype=np.float64)
+        if name == "A":
+            tuned_a = m
         if args.save:
             st.models.save_pretrained(m, f"{args.save}_{name}")
     if "A" in pred and "B" in pred:
         pred["E"] = (pred["A"] + pred["B"]) / 2
+    if "F" in args.arms:  # design experiment 25: more heads on A's tuned encoder, all averaged
+        if "A" not in pred:
+            raise SystemExit("arm F averages extra heads with A's: give --arms A ... F")
+        t0 = time.time()
+        heads = [pred["A"]]
+        for j in range(1, args.n_heads):
+            mj = st.tl.fit_expression_head(train, tuned_a, genes=genes, seed=100 * args.seed + j, head_input="centre",
+                                           encoder_epochs=0, show_progress=False)
+            out = st.tl.impute_expression(val.copy(), mj, genes=genes50, key_added="virtual", show_progress=False)
+            heads.append(np.asarray(out.X, dtype=np.float64))
+        pred["F"] = np.mean(heads, axis=0)
+        fit_s["F"] = round(time.time() - t0)
     for name, p in pred.items():
         virtual = anndata.AnnData(X=p.astype(np.float32), obs=val.obs[[]].copy(),
                                   var=pd.DataFrame(index=pd.Index([g.upper() for g in genes50])))
         r = st.tl.expression_pcc(val, virtual, genes=genes50)
         res[name] = round(float(np.nanmedian(r)), 4)
     print(json.dumps({"model": args.model, "train": _train(), "val": VAL, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
-                      "seed": args.seed, "stains_normalised": True, "fit_s": fit_s, "median_r": res}), flush=True)
+                      "seed": args.seed, "stains_normalised": True, "fit_s": fit_s, "median_r": res,
+                      **({"n_heads": args.n_heads} if "F" in args.arms else {})}), flush=True)
 
 
 def _st_domain_ari(model, a, key: str, k: int) -> float:
@@ -314,7 +332,8 @@ def main() -> None:
     o.add_argument("--model", required=True)
     o.add_argument("--head-genes", type=int, default=50)
     o.add_argument("--encoder-epochs", type=int, default=10)
-    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C"])
+    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F"])
+    o.add_argument("--n-heads", type=int, default=3, help="arm F: A's head and N - 1 more on its tuned encoder, averaged")
     o.add_argument("--save", default=None, help="save each fitted model to SAVE_A / SAVE_B / SAVE_C")
     o.add_argument("--threads", type=int, default=2)
     t = sub.add_parser("adapt", help="design experiment 19: continued pretraining on the slide before domains")
