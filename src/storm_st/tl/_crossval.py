@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 
 
 def _slide_names(adatas: Sequence[AnnData]) -> list[str]:
-    """One name per slide: its library id (the one key of ``uns['spatial']``), else its position."""
+    """One name per slide: its library id (``io._slide.library_ids``) when it has one, else its position."""
+    from storm_st.io._slide import library_ids
+
     names = []
     for i, a in enumerate(adatas):
-        spatial = a.uns.get("spatial", {}) if hasattr(a, "uns") else {}
-        names.append(str(next(iter(spatial))) if isinstance(spatial, Mapping) and len(spatial) == 1 else f"slide_{i}")
+        ids = library_ids(a)
+        names.append(ids[0] if len(ids) == 1 and ids != ["slide"] else f"slide_{i}")
     if len(set(names)) < len(names):  # two slides with one library id: positions tell them apart
         names = [f"{n}#{i}" for i, n in enumerate(names)]
     return names
