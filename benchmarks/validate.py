@@ -178,6 +178,11 @@ def readouts(args) -> None:
     st.models.set_stain_normalization(base, True)
     arms = {"A": ("centre", args.encoder_epochs), "B": ("spot", 0), "C": ("centre+spot", args.encoder_epochs)}
     pred, res, fit_s = {}, {}, {}
+
+    def predict(m) -> np.ndarray:
+        out = st.tl.impute_expression(val.copy(), m, genes=genes50, key_added="virtual", show_progress=False)
+        return np.asarray(out.X, dtype=np.float64)
+
     tuned_a = None
     for name in [a for a in args.arms if a != "F"]:
         hi, ee = arms[name]
@@ -185,8 +190,7 @@ def readouts(args) -> None:
         m = st.tl.fit_expression_head(train, base, genes=genes, seed=args.seed, head_input=hi, encoder_epochs=ee,
                                       show_progress=False)
         fit_s[name] = round(time.time() - t0)
-        out = st.tl.impute_expression(val.copy(), m, genes=genes50, key_added="virtual", show_progress=False)
-        pred[name] = np.asarray(out.X, dtype=np.float64)
+        pred[name] = predict(m)
         if name == "A":
             tuned_a = m
         if args.save:
@@ -201,8 +205,7 @@ def readouts(args) -> None:
         for j in range(1, args.n_heads):
             mj = st.tl.fit_expression_head(train, tuned_a, genes=genes, seed=100 * args.seed + j, head_input="centre",
                                            encoder_epochs=0, show_progress=False)
-            out = st.tl.impute_expression(val.copy(), mj, genes=genes50, key_added="virtual", show_progress=False)
-            heads.append(np.asarray(out.X, dtype=np.float64))
+            heads.append(predict(mj))
         pred["F"] = np.mean(heads, axis=0)
         fit_s["F"] = round(time.time() - t0)
     for name, p in pred.items():
