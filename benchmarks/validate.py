@@ -13,6 +13,7 @@ fine-tuning) were made on these numbers, and then measured once on C5/C6 by ``ru
     python benchmarks/validate.py adapt --slides dlpfc:151674 dlpfc:151675 --steps 0 300
     python benchmarks/validate.py vocab --arms her2st her2st+dlpfc union
     python benchmarks/validate.py --val C3 readouts --model runs/val_paired03_c3/model --arms A B --head-genes 50
+    python benchmarks/validate.py --val C3 imagenet --image-size 224 112 --seed 0
 
 Prints the median gene-wise PCC over the top 50 seurat_v3 HVGs of C2 + C3, measured on C4. ``--val C2 | C3`` holds
 out another training section instead (the other two train; design experiment 23); C5 and C6 cannot be chosen.
@@ -218,6 +219,36 @@ def readouts(args) -> None:
                       **({"n_heads": args.n_heads} if "F" in args.arms else {})}), flush=True)
 
 
+def imagenet(args) -> None:
+    """Design experiment 26: the spot-token head (arm B of ``readouts``) on a frozen ImageNet backbone
+    (``scripts/imagenet_backbone.py``: EfficientNet-Lite0 from a PyPI wheel), 200 µm patches at each
+    ``--image-size``; stains normalised to the training sections' (as shipped); nothing else trained."""
+    import json
+
+    train, val = _data()
+    genes50 = st.pp.select_hvgs(train, 50)
+    genes = st.pp.select_hvgs(train, args.head_genes)
+    vocab = st.pp.select_hvgs(train, 2000)
+    stains = st.pp.stain_reference(train)
+    res, fit_s = {}, {}
+    for size in args.image_size:
+        torch.manual_seed(args.seed)
+        m = st.load_model("storm-small", gene_vocab=vocab, he_backbone=args.backbone, image_size=size, fov_scale=2.0,
+                          image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
+        st.models.load_backbone_weights(m, args.weights)
+        m.config.stain_reference = stains
+        t0 = time.time()
+        m = st.tl.fit_expression_head(train, m, genes=genes, seed=args.seed, head_input="spot", encoder_epochs=0,
+                                      show_progress=False)
+        fit_s[size] = round(time.time() - t0)
+        v = val.copy()
+        out = st.tl.impute_expression(v, m, genes=genes50, key_added="virtual", show_progress=False)
+        res[size] = round(float(np.nanmedian(st.tl.expression_pcc(v, out, genes=genes50))), 4)
+    print(json.dumps({"backbone": args.backbone, "weights": args.weights, "train": _train(), "val": VAL,
+                      "head_genes": args.head_genes, "seed": args.seed, "stains_normalised": True, "fit_s": fit_s,
+                      "median_r": res}), flush=True)
+
+
 def _st_domain_ari(model, a, key: str, k: int) -> float:
     """ARI of ``tl.domains`` (k-means, K = ``k``, seed 0) on the ST-only embedding of a copy of ``a``, as in
     ``domains.py``."""
@@ -355,16 +386,23 @@ def main() -> None:
     v.add_argument("--dlpfc-genes", type=int, default=1000, help="top HVGs of DLPFC 151674 added to the vocabulary")
     v.add_argument("--runs", default="runs/validation_vocab")
     v.add_argument("--threads", type=int, default=2)
+    i = sub.add_parser("imagenet", help="design experiment 26: spot-token head on a frozen ImageNet backbone")
+    i.add_argument("--weights", default="runs/imagenet/tf_efficientnet_lite0.safetensors",
+                   help="timm-format backbone weights (scripts/imagenet_backbone.py)")
+    i.add_argument("--backbone", default="tf_efficientnet_lite0")
+    i.add_argument("--image-size", type=int, nargs="+", default=[224, 112])
+    i.add_argument("--head-genes", type=int, default=50)
+    i.add_argument("--threads", type=int, default=2)
     d = sub.add_parser("decoder")
     d.add_argument("--ckpt", required=True, help="a pretraining run's checkpoints/last.ckpt")
     d.add_argument("--tta", action="store_true")
-    for p in (c, s, n, o):
+    for p in (c, s, n, o, i):
         p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     VAL = args.val
     torch.set_num_threads(getattr(args, "threads", 2))
     {"cnn": cnn, "storm": storm, "decoder": decoder, "stain": stain, "readouts": readouts,
-     "adapt": adapt, "vocab": vocab}[args.what](args)
+     "imagenet": imagenet, "adapt": adapt, "vocab": vocab}[args.what](args)
 
 
 if __name__ == "__main__":
