@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 import storm_st as st
 from storm_st._inference import D4, _d4
@@ -33,6 +32,7 @@ from storm_st.data import prepare_slides
 from storm_st.models import StormConfig
 from storm_st.models._storm import HEEncoder
 from storm_st.train._augment import augment
+from storm_st.train._runner import load_config
 
 
 def _patches_and_targets(slides, cfg: StormConfig, genes: list[str]):
@@ -57,10 +57,17 @@ def train(
     crop_scale: tuple[float, float],
     jitter: float,
     seed: int,
+    init: str | None = None,
 ) -> tuple[HEEncoder, torch.nn.Linear, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     enc = HEEncoder(cfg)
+    if init:
+        from safetensors.torch import load_file
+
+        res = enc.backbone.load_state_dict(load_file(init), strict=False)
+        if res.missing_keys:
+            raise SystemExit(f"{init} does not fit backbone {cfg.he_backbone!r}: missing {res.missing_keys[:3]} ...")
     head = torch.nn.Linear(enc.out_dim, Y.shape[1])
     mu, sd = Y.mean(0), Y.std(0) + 1e-3
     Z = torch.from_numpy((Y - mu) / sd)
@@ -112,6 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default=None,
+                    help="timm-format backbone weights to start from (e.g. scripts/imagenet_backbone.py); default random")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True, help="backbone weights (.safetensors); a .json of the run goes beside it")
     a = ap.parse_args(argv)
@@ -119,7 +128,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     from safetensors.torch import save_file
 
-    conf = yaml.safe_load(Path(a.config).read_text())
+    conf = load_config(a.config)  # follows `extends`
     model_kw = {k: v for k, v in (conf.get("model") or {}).items() if k not in ("gene_vocab", "head_genes")}
     cfg = StormConfig(**model_kw)
     tr = conf.get("training") or {}
@@ -131,6 +140,7 @@ def main(argv=None) -> int:
     enc, head, info = train(
         cfg, P, Y, epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
         crop_scale=tuple(tr.get("crop_scale", (0.6, 1.0))), jitter=float(tr.get("jitter", 0.1)), seed=a.seed,
+        init=a.init,
     )
     mu, sd = info.pop("target_mean"), info.pop("target_sd")
     scores = {}
@@ -145,7 +155,7 @@ def main(argv=None) -> int:
     save_file({k: v.contiguous() for k, v in enc.backbone.state_dict().items()}, str(out))
     meta = {"config": a.config, "backbone": cfg.he_backbone, "image_size": cfg.image_size, "fov_scale": cfg.fov_scale,
             "train": a.train, "n_spots": len(P), "n_genes": len(genes), "lr": a.lr, "weight_decay": a.weight_decay,
-            "batch_size": a.batch_size, "seed": a.seed, "eval_median_pcc_top50": scores, **info}
+            "batch_size": a.batch_size, "seed": a.seed, "init": a.init, "eval_median_pcc_top50": scores, **info}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     print(f"wrote {out}", flush=True)
     return 0
