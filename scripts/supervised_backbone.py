@@ -29,7 +29,7 @@ import storm_st as st
 from storm_st._inference import D4, _d4
 from storm_st._utils import gene_pcc
 from storm_st.data import prepare_slides
-from storm_st.models import StormConfig
+from storm_st.models import StormConfig, load_backbone_weights
 from storm_st.models._storm import HEEncoder
 from storm_st.train._augment import augment
 from storm_st.train._runner import load_config
@@ -63,11 +63,7 @@ def train(
     rng = np.random.default_rng(seed)
     enc = HEEncoder(cfg)
     if init:
-        from safetensors.torch import load_file
-
-        res = enc.backbone.load_state_dict(load_file(init), strict=False)
-        if res.missing_keys:
-            raise SystemExit(f"{init} does not fit backbone {cfg.he_backbone!r}: missing {res.missing_keys[:3]} ...")
+        load_backbone_weights(enc, init)
     head = torch.nn.Linear(enc.out_dim, Y.shape[1])
     mu, sd = Y.mean(0), Y.std(0) + 1e-3
     Z = torch.from_numpy((Y - mu) / sd)

@@ -190,6 +190,35 @@ def test_storm_base_builds_and_loads_backbone_weights(tmp_path):
     assert torch.equal(m2.he_encoder.backbone.state_dict()[k], m.he_encoder.backbone.state_dict()[k])
 
 
+
+def test_backbone_weights_load_into_a_model_or_an_encoder_alone(tmp_path):
+    """One loader serves a STORM model and a bare H&E encoder (scripts/supervised_backbone.py --init); a file of
+    another architecture is refused with the backbone's name."""
+    from safetensors.torch import save_file
+
+    from storm_st.models import HEEncoder, load_backbone_weights
+
+    src = tiny_model()
+    path = tmp_path / "backbone.safetensors"
+    save_file({f"backbone.{k}": v.contiguous() for k, v in src.he_encoder.backbone.state_dict().items()}, str(path))
+    torch.manual_seed(1)
+    enc = HEEncoder(src.config)
+    dst = tiny_model()
+    with torch.no_grad():
+        for w in dst.he_encoder.backbone.parameters():
+            w.zero_()
+    k0 = next(iter(src.he_encoder.backbone.state_dict()))
+    for m in (enc, dst.he_encoder):
+        assert not torch.equal(m.backbone.state_dict()[k0], src.he_encoder.backbone.state_dict()[k0])
+    load_backbone_weights(enc, path)
+    load_backbone_weights(dst, path)
+    for k, v in src.he_encoder.backbone.state_dict().items():
+        assert torch.equal(enc.backbone.state_dict()[k], v) and torch.equal(dst.he_encoder.backbone.state_dict()[k], v)
+    other = tmp_path / "other.safetensors"
+    save_file({"stem.weight": torch.zeros(2, 2)}, str(other))
+    with pytest.raises(ValueError, match=f"does not fit backbone {src.config.he_backbone!r}"):
+        load_backbone_weights(enc, other)
+
 def test_default_model_loads_offline():
     m = st.load_model()
     assert m.head is not None and len(m.config.gene_vocab) > 100

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ._config import PRESETS, StormConfig
-from ._storm import StormModel
+from ._storm import HEEncoder, StormModel
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -283,13 +283,15 @@ def _load(name_or_path, *, he_weights, gene_vocab, map_location, **config_overri
     )
 
 
-def load_backbone_weights(model: StormModel, path: str | Path) -> None:
-    """Load timm-format weights into the H&E backbone; reports mismatches clearly.
+def load_backbone_weights(model: StormModel | HEEncoder, path: str | Path) -> None:
+    """Load timm-format weights into the H&E backbone of a model (or of an H&E encoder alone); reports mismatches clearly.
 
     ``path`` is a local safetensors file, or (online only) a hub name such as
     ``"hf-hub:bioptimus/H0-mini"`` that timm can download.
     """
     from safetensors.torch import load_file
+
+    encoder = getattr(model, "he_encoder", model)
 
     if str(path).startswith("hf-hub:"):
         import timm
@@ -298,7 +300,7 @@ def load_backbone_weights(model: StormModel, path: str | Path) -> None:
 
         try:
             hub = timm.create_model(
-                str(path), pretrained=True, num_classes=0, **_timm_kwargs(model.config.he_backbone_kwargs)
+                str(path), pretrained=True, num_classes=0, **_timm_kwargs(encoder.backbone_kwargs)
             )
         except Exception as e:  # network and hub errors vary
             raise RuntimeError(
@@ -312,10 +314,10 @@ def load_backbone_weights(model: StormModel, path: str | Path) -> None:
             raise FileNotFoundError(f"H&E backbone weights {str(path)!r} not found.")
         state = load_file(str(path))
     state = {k.removeprefix("model.").removeprefix("backbone."): v for k, v in state.items()}
-    res = model.he_encoder.backbone.load_state_dict(state, strict=False)
+    res = encoder.backbone.load_state_dict(state, strict=False)
     core_missing = [k for k in res.missing_keys if not k.startswith("head")]
     if core_missing:
         raise ValueError(
-            f"{path} does not fit backbone {model.config.he_backbone!r}: {len(core_missing)} missing keys "
+            f"{path} does not fit backbone {encoder.backbone_name!r}: {len(core_missing)} missing keys "
             f"(e.g. {core_missing[:3]})."
         )
