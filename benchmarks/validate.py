@@ -42,6 +42,13 @@ def _data():
     return train, st.datasets.her2st(VAL)
 
 
+def _median_r(model, slide, genes: list[str]) -> float:
+    """Median gene-wise Pearson r of ``model``'s H&E-only predictions of ``genes`` on a copy of ``slide``."""
+    v = slide.copy()
+    out = st.tl.impute_expression(v, model, genes=genes, key_added="virtual", show_progress=False)
+    return float(np.nanmedian(st.tl.expression_pcc(v, out, genes=genes)))
+
+
 def cnn(args) -> None:
     from stnet import STNET_SIZE, train_predict
 
@@ -82,12 +89,10 @@ def storm(args) -> None:
                 train, base, genes=genes, finetune_epochs=ft, seed=args.seed, head_input=hi, encoder_epochs=ee,
                 smooth_targets=w, show_progress=False,
             )
-            v = val.copy()
-            out = st.tl.impute_expression(v, m, genes=genes50, key_added="virtual", show_progress=False)
-            r = st.tl.expression_pcc(v, out, genes=genes50)
+            r = _median_r(m, val, genes50)
             if args.save:  # e.g. to run the domain task on the tuned encoder
                 st.models.save_pretrained(m, args.save)
-            print(f"storm {args.model} head_genes={args.head_genes} head_input={m.config.head_input} encoder_epochs={ee} smooth_targets={'auto' if w is None else f'{w:g}'} finetune_epochs={ft} {' '.join(args.ft_kw)}: median PCC {np.nanmedian(r):.4f} ({time.time() - t0:.0f} s)", flush=True)
+            print(f"storm {args.model} head_genes={args.head_genes} head_input={m.config.head_input} encoder_epochs={ee} smooth_targets={'auto' if w is None else f'{w:g}'} finetune_epochs={ft} {' '.join(args.ft_kw)}: median PCC {r:.4f} ({time.time() - t0:.0f} s)", flush=True)
 
 
 def decoder(args) -> None:
@@ -152,9 +157,7 @@ def stain(args) -> None:
             st.models.save_pretrained(m, f"{args.save}_{'norm' if norm else 'plain'}")
         res = {}
         for name, a in slides.items():
-            v = a.copy()
-            out = st.tl.impute_expression(v, m, genes=genes50, key_added="virtual", show_progress=False)
-            res[name] = round(float(np.nanmedian(st.tl.expression_pcc(v, out, genes=genes50))), 4)
+            res[name] = round(_median_r(m, a, genes50), 4)
         restained = float(np.mean([r for k, r in res.items() if k != "original"]))
         print(json.dumps({"model": args.model, "train": _train(), "val": VAL, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
                           "seed": args.seed, "stains_normalised": bool(norm), "fit_s": round(fit_s),
@@ -241,9 +244,7 @@ def imagenet(args) -> None:
         m = st.tl.fit_expression_head(train, m, genes=genes, seed=args.seed, head_input="spot", encoder_epochs=0,
                                       show_progress=False)
         fit_s[size] = round(time.time() - t0)
-        v = val.copy()
-        out = st.tl.impute_expression(v, m, genes=genes50, key_added="virtual", show_progress=False)
-        res[size] = round(float(np.nanmedian(st.tl.expression_pcc(v, out, genes=genes50))), 4)
+        res[size] = round(_median_r(m, val, genes50), 4)
     print(json.dumps({"backbone": args.backbone, "weights": args.weights, "train": _train(), "val": VAL,
                       "head_genes": args.head_genes, "seed": args.seed, "stains_normalised": True, "fit_s": fit_s,
                       "median_r": res}), flush=True)

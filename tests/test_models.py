@@ -190,7 +190,6 @@ def test_storm_base_builds_and_loads_backbone_weights(tmp_path):
     assert torch.equal(m2.he_encoder.backbone.state_dict()[k], m.he_encoder.backbone.state_dict()[k])
 
 
-
 def test_backbone_weights_load_into_a_model_or_an_encoder_alone(tmp_path):
     """One loader serves a STORM model and a bare H&E encoder (scripts/supervised_backbone.py --init); a file of
     another architecture is refused with the backbone's name."""
@@ -218,6 +217,7 @@ def test_backbone_weights_load_into_a_model_or_an_encoder_alone(tmp_path):
     save_file({"stem.weight": torch.zeros(2, 2)}, str(other))
     with pytest.raises(ValueError, match=f"does not fit backbone {src.config.he_backbone!r}"):
         load_backbone_weights(enc, other)
+
 
 def test_default_model_loads_offline():
     m = st.load_model()
