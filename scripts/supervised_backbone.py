@@ -11,8 +11,9 @@ played here by the training slides themselves). The backbone, its input normalis
 Targets: log1p(CP10k) of the top ``--genes`` seurat_v3 HVGs of the training slides (plus their top 50, which
 are not nested in the larger list), z-scored per gene so that every gene weighs the same; a linear head on the
 pooled backbone features; MSE; AdamW with cosine decay; the pretraining augmentation (random resized crop,
-flips / 90° rotations, colour jitter). ``--eval`` sections report the median gene-wise Pearson r over the top-50
-HVGs of the training slides (design experiments only: never pass a test section).
+flips / 90° rotations, colour jitter, stain jitter where the config sets ``training.stain_jitter``). ``--eval``
+sections report the median gene-wise Pearson r over the top-50 HVGs of the training slides (design experiments only:
+never pass a test section).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def train(
     batch_size: int,
     crop_scale: tuple[float, float],
     jitter: float,
+    stain: float,
     seed: int,
     init: str | None = None,
 ) -> tuple[HEEncoder, torch.nn.Linear, dict]:
@@ -79,7 +81,7 @@ def train(
         tot = 0.0
         for b in range(0, len(X), batch_size):
             idx = torch.from_numpy(order[b : b + batch_size])
-            x = augment(X[idx], cfg.image_size, crop_scale=crop_scale, jitter=jitter)
+            x = augment(X[idx], cfg.image_size, crop_scale=crop_scale, jitter=jitter, stain=stain)
             loss = torch.nn.functional.mse_loss(head(enc(x)), Z[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -135,7 +137,8 @@ def main(argv=None) -> int:
     print(f"{len(P)} training spots, {len(genes)} target genes, patches {P.shape[1]} px", flush=True)
     enc, head, info = train(
         cfg, P, Y, epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
-        crop_scale=tuple(tr.get("crop_scale", (0.6, 1.0))), jitter=float(tr.get("jitter", 0.1)), seed=a.seed,
+        crop_scale=tuple(tr.get("crop_scale", (0.6, 1.0))), jitter=float(tr.get("jitter", 0.1)),
+        stain=float(tr.get("stain_jitter", 0.0)), seed=a.seed,
         init=a.init,
     )
     mu, sd = info.pop("target_mean"), info.pop("target_sd")
@@ -151,7 +154,8 @@ def main(argv=None) -> int:
     save_file({k: v.contiguous() for k, v in enc.backbone.state_dict().items()}, str(out))
     meta = {"config": a.config, "backbone": cfg.he_backbone, "image_size": cfg.image_size, "fov_scale": cfg.fov_scale,
             "train": a.train, "n_spots": len(P), "n_genes": len(genes), "lr": a.lr, "weight_decay": a.weight_decay,
-            "batch_size": a.batch_size, "seed": a.seed, "init": a.init, "eval_median_pcc_top50": scores, **info}
+            "batch_size": a.batch_size, "stain_jitter": float(tr.get("stain_jitter", 0.0)), "seed": a.seed,
+            "init": a.init, "eval_median_pcc_top50": scores, **info}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     print(f"wrote {out}", flush=True)
     return 0

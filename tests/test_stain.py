@@ -144,3 +144,41 @@ def test_a_slide_without_stain_says_how_to_switch_normalisation_off():
     assert (set(a.obsm), set(a.uns)) == before  # nothing written
     st.tl.embed(a, tiny_model(), modalities="he", show_progress=False)  # without normalisation it runs
     assert a.obsm["X_storm"].shape[0] == a.n_obs
+
+
+def test_stain_jitter_scales_haematoxylin_and_eosin_and_keeps_the_rest():
+    import torch
+    from skimage.color import hed_from_rgb
+
+    from storm_st.train._augment import augment, colour_jitter, dihedral, random_resized_crop, stain_jitter
+
+    x, _ = _synthetic_he(n=16 * 16 * 4)
+    img = torch.from_numpy(x.reshape(4, 16, 16, 3)).permute(0, 3, 1, 2).float()
+    assert torch.allclose(stain_jitter(img, 0.0), img, atol=1e-3)  # strength 0: the identity
+
+    torch.manual_seed(0)
+    out = stain_jitter(img, 0.3)
+
+    def hed(t):  # per-pixel stain densities, as skimage unmixes them
+        od = -torch.log((t.double() + 1.0) / 256.0).permute(0, 2, 3, 1).reshape(len(t), -1, 3)
+        return od @ torch.as_tensor(hed_from_rgb)
+
+    before, after = hed(img), hed(out)
+    stained = (before[..., :2] > 0.2).all(-1) & (out.permute(0, 2, 3, 1).reshape(4, -1, 3) > 1).all(-1)  # no clipping
+    for i in range(4):
+        ratio = after[i, stained[i], :2] / before[i, stained[i], :2]
+        assert ratio.std(0).max() < 1e-3, ratio.std(0)  # one factor per image and stain
+        assert ((ratio.mean(0) >= 0.7 - 1e-3) & (ratio.mean(0) <= 1.3 + 1e-3)).all()
+        assert torch.allclose(after[i, stained[i], 2], before[i, stained[i], 2], atol=1e-4)  # residual kept
+    factors = torch.stack([(hed(out)[i, stained[i], :2] / before[i, stained[i], :2]).mean(0) for i in range(4)])
+    assert factors.std(0).min() > 0.01  # images differ
+
+    # stain = 0 draws no random numbers: the pipeline is the one every earlier run used
+    u8 = torch.from_numpy(x.reshape(4, 16, 16, 3)).permute(0, 3, 1, 2).contiguous()
+    torch.manual_seed(1)
+    a = augment(u8, 12, crop_scale=(0.6, 1.0), jitter=0.1, stain=0.0)
+    torch.manual_seed(1)
+    b = colour_jitter(dihedral(random_resized_crop(u8, 12, (0.6, 1.0))), 0.1)
+    assert torch.equal(a, b)
+    torch.manual_seed(1)
+    assert not torch.equal(augment(u8, 12, crop_scale=(0.6, 1.0), jitter=0.1, stain=0.2), a)

@@ -71,8 +71,9 @@ class StormPretraining(L.LightningModule):
         predicts its own spot's expression through a linear probe (discarded after pretraining), with the
         ST loss above. The masked decoders can mix neighbours themselves; this term asks the spatial
         encoder's per-spot outputs -- what the expression head reads -- to carry context-aware expression.
-    crop_scale, jitter
-        H&E augmentation strengths.
+    crop_scale, jitter, stain_jitter
+        H&E augmentation strengths: area fraction of the random resized crop, colour jitter, and haematoxylin /
+        eosin strength jitter (``storm_st.train._augment.stain_jitter``; 0 = off).
     init_backbone
         Optional path of backbone weights (safetensors) to start from.
     seed
@@ -100,6 +101,7 @@ class StormPretraining(L.LightningModule):
         he_to_st_weight: float = 0.0,
         crop_scale: tuple[float, float] = (0.5, 1.0),
         jitter: float = 0.1,
+        stain_jitter: float = 0.0,
         init_backbone: str | None = None,
         seed: int = 0,
     ):
@@ -147,7 +149,10 @@ class StormPretraining(L.LightningModule):
         if batch.patches is not None:
             x = batch.patches
             if train:
-                x = augment(x, cfg.image_size, crop_scale=tuple(self.hparams.crop_scale), jitter=self.hparams.jitter)
+                x = augment(
+                    x, cfg.image_size, crop_scale=tuple(self.hparams.crop_scale), jitter=self.hparams.jitter,
+                    stain=self.hparams.stain_jitter,
+                )
             elif x.shape[-1] != cfg.image_size:
                 x = F.interpolate(x.float(), size=cfg.image_size, mode="bilinear", antialias=True)
             _, tables["he"] = self.model.encode_he(x)

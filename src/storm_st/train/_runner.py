@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
         "he_to_st_weight": 0.0,
         "crop_scale": [0.5, 1.0],
         "jitter": 0.1,
+        "stain_jitter": 0.0,
         "init_backbone": None,
         "init_model": None,
     },
