@@ -318,10 +318,12 @@ def test_pretrain_with_stain_reference_auto(tmp_path):
     a.write_h5ad(tmp_path / "demo.h5ad")
     cfg = yaml.safe_load(_write_cfg(tmp_path, tmp_path / "run", 2).read_text())
     cfg["model"]["stain_reference"] = "auto"
+    cfg["training"]["stain_jitter"] = 0.2  # stain augmentation on top: the two are independent
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["pretrain", "--config", str(tmp_path / "cfg.yaml")]) == 0
     m = from_pretrained(tmp_path / "run" / "model")
     assert m.config.stain_reference == st.pp.stain_reference(a) == m.extra["training_stains"]
+    assert m.extra["pretraining"]["config"]["training"]["stain_jitter"] == 0.2
     # every pretrained checkpoint records its training stains, so normalisation can be switched on when loading
     cfg["model"]["stain_reference"] = None
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
