@@ -13,7 +13,8 @@ are not nested in the larger list), z-scored per gene so that every gene weighs 
 pooled backbone features; MSE; AdamW with cosine decay; the pretraining augmentation (random resized crop,
 flips / 90° rotations, colour jitter, stain jitter where the config sets ``training.stain_jitter``). ``--eval``
 sections report the median gene-wise Pearson r over the top-50 HVGs of the training slides (design experiments only:
-never pass a test section).
+never pass a test section); their measured and predicted top-50 expression is written beside the weights
+(``.eval.npz``), e.g. to score an average of several starts.
 """
 
 from __future__ import annotations
@@ -142,11 +143,12 @@ def main(argv=None) -> int:
         init=a.init,
     )
     mu, sd = info.pop("target_mean"), info.pop("target_sd")
-    scores = {}
+    scores, evals = {}, {}
     for name in a.eval:
         v = st.datasets.her2st(name)
         Pv, Yv = _patches_and_targets([v], cfg, genes)
-        r = gene_pcc(Yv[:, : len(top50)], predict(enc, head, Pv, mu, sd)[:, : len(top50)])
+        evals[f"{name}_true"], evals[f"{name}_pred"] = Yv[:, : len(top50)], predict(enc, head, Pv, mu, sd)[:, : len(top50)]
+        r = gene_pcc(evals[f"{name}_true"], evals[f"{name}_pred"])
         scores[name] = round(float(np.nanmedian(r)), 4)
         print(f"{name}: median PCC over the top-50 HVGs of {'+'.join(a.train)}: {scores[name]:.4f}", flush=True)
     out = Path(a.out)
@@ -157,6 +159,8 @@ def main(argv=None) -> int:
             "batch_size": a.batch_size, "stain_jitter": float(tr.get("stain_jitter", 0.0)), "seed": a.seed,
             "init": a.init, "eval_median_pcc_top50": scores, **info}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    if evals:
+        np.savez_compressed(out.with_suffix(".eval.npz"), genes=np.array(top50), **evals)
     print(f"wrote {out}", flush=True)
     return 0
 
