@@ -131,6 +131,7 @@ def main(argv=None) -> int:
     model_kw = {k: v for k, v in (conf.get("model") or {}).items() if k not in ("gene_vocab", "head_genes")}
     cfg = StormConfig(**model_kw)
     tr = conf.get("training") or {}
+    stain = float(tr.get("stain_jitter", 0.0))
     train_slides = [st.datasets.her2st(s) for s in a.train]
     top50 = st.pp.select_hvgs(train_slides, 50)
     genes = list(dict.fromkeys(top50 + st.pp.select_hvgs(train_slides, a.genes)))
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     enc, head, info = train(
         cfg, P, Y, epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
         crop_scale=tuple(tr.get("crop_scale", (0.6, 1.0))), jitter=float(tr.get("jitter", 0.1)),
-        stain=float(tr.get("stain_jitter", 0.0)), seed=a.seed,
+        stain=stain, seed=a.seed,
         init=a.init,
     )
     mu, sd = info.pop("target_mean"), info.pop("target_sd")
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     save_file({k: v.contiguous() for k, v in enc.backbone.state_dict().items()}, str(out))
     meta = {"config": a.config, "backbone": cfg.he_backbone, "image_size": cfg.image_size, "fov_scale": cfg.fov_scale,
             "train": a.train, "n_spots": len(P), "n_genes": len(genes), "lr": a.lr, "weight_decay": a.weight_decay,
-            "batch_size": a.batch_size, "stain_jitter": float(tr.get("stain_jitter", 0.0)), "seed": a.seed,
+            "batch_size": a.batch_size, "stain_jitter": stain, "seed": a.seed,
             "init": a.init, "eval_median_pcc_top50": scores, **info}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     if evals:
