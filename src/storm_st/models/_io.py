@@ -300,7 +300,7 @@ def load_backbone_weights(model: StormModel | HEEncoder, path: str | Path) -> No
 
         try:
             hub = timm.create_model(
-                str(path), pretrained=True, num_classes=0, **_timm_kwargs(encoder.backbone_kwargs)
+                str(path), pretrained=True, num_classes=0, **_timm_kwargs(model.config.he_backbone_kwargs)
             )
         except Exception as e:  # network and hub errors vary
             raise RuntimeError(
@@ -318,6 +318,6 @@ def load_backbone_weights(model: StormModel | HEEncoder, path: str | Path) -> No
     core_missing = [k for k in res.missing_keys if not k.startswith("head")]
     if core_missing:
         raise ValueError(
-            f"{path} does not fit backbone {encoder.backbone_name!r}: {len(core_missing)} missing keys "
+            f"{path} does not fit backbone {model.config.he_backbone!r}: {len(core_missing)} missing keys "
             f"(e.g. {core_missing[:3]})."
         )

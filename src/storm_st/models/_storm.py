@@ -41,8 +41,7 @@ class HEEncoder(nn.Module):
             config.he_backbone, pretrained=False, num_classes=0, **_timm_kwargs(config.he_backbone_kwargs)
         )
         self.out_dim = int(self.backbone.num_features)
-        self.backbone_name = config.he_backbone
-        self.backbone_kwargs = dict(config.he_backbone_kwargs)
+        self.config = config  # as StormModel.config: what the backbone was built from
         self.register_buffer("mean", torch.tensor(config.image_mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(config.image_std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
