@@ -169,7 +169,8 @@ def readouts(args) -> None:
     """Design experiment 18: the shipped recipe's head (A: ``"centre"``, encoder tuned), the spot-token head (B), their
     predictions averaged (E) and a ``"centre+spot"`` head with the encoder tuned (C); stains normalised as shipped.
     Design experiment 25: F averages A's head with ``--n-heads - 1`` more centre heads fitted on A's tuned encoder
-    (frozen; head seeds ``100 * seed + j``)."""
+    (frozen; head seeds ``100 * seed + j``). Design experiment 31: W is A with the encoder tuned on every spot of each
+    window (``encoder_targets="window"``)."""
     import json
 
     import anndata
@@ -180,7 +181,8 @@ def readouts(args) -> None:
     genes = st.pp.select_hvgs(train, args.head_genes)
     base = st.load_model(args.model)
     st.models.set_stain_normalization(base, True)
-    arms = {"A": ("centre", args.encoder_epochs), "B": ("spot", 0), "C": ("centre+spot", args.encoder_epochs)}
+    arms = {"A": ("centre", args.encoder_epochs, "centre"), "B": ("spot", 0, "centre"),
+            "C": ("centre+spot", args.encoder_epochs, "centre"), "W": ("centre", args.encoder_epochs, "window")}
     pred, res, fit_s = {}, {}, {}
 
     def predict(m) -> np.ndarray:
@@ -189,10 +191,10 @@ def readouts(args) -> None:
 
     tuned_a = None
     for name in [a for a in args.arms if a != "F"]:
-        hi, ee = arms[name]
+        hi, ee, et = arms[name]
         t0 = time.time()
         m = st.tl.fit_expression_head(train, base, genes=genes, seed=args.seed, head_input=hi, encoder_epochs=ee,
-                                      show_progress=False)
+                                      encoder_targets=et, show_progress=False)
         fit_s[name] = round(time.time() - t0)
         pred[name] = predict(m)
         if name == "A":
@@ -367,9 +369,9 @@ def main() -> None:
     o.add_argument("--model", required=True)
     o.add_argument("--head-genes", type=int, default=50)
     o.add_argument("--encoder-epochs", type=int, default=10)
-    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F"])
+    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F", "W"])
     o.add_argument("--n-heads", type=int, default=3, help="arm F: A's head and N - 1 more on its tuned encoder, averaged")
-    o.add_argument("--save", default=None, help="save each fitted model to SAVE_A / SAVE_B / SAVE_C")
+    o.add_argument("--save", default=None, help="save each fitted model to SAVE_<arm>")
     o.add_argument("--threads", type=int, default=2)
     t = sub.add_parser("adapt", help="design experiment 19: continued pretraining on the slide before domains")
     t.add_argument("--slides", nargs="+", default=["dlpfc:151674", "dlpfc:151675"])

@@ -289,6 +289,65 @@ def test_tuning_the_spatial_encoder_with_the_head(model, tmp_path):
         st.tl.fit_expression_head([a], model, genes=genes, encoder_epochs=-1, show_progress=False)
 
 
+def test_encoder_tuning_on_every_spot_of_the_window(model):
+    import copy
+
+    import torch
+
+    from storm_st.models._heads import expression_loss
+    from storm_st.train._head import tune_encoder_with_head
+
+    rng = np.random.default_rng(0)
+    n, h, g = 12, model.config.hidden_dim, 5
+    tab = rng.normal(size=(n, h)).astype(np.float32)
+    y = rng.normal(size=(n, g)).astype(np.float32)
+    msk = rng.random((n, g)) > 0.2
+    grid = np.array([(dx, dy) for dy in range(-2, 3) for dx in range(-2, 3) if (dx, dy) != (0, 0)], dtype=np.float32)
+    rel = np.concatenate([np.zeros((n, 1, 2), np.float32), np.broadcast_to(grid, (n, 24, 2))], axis=1)
+    nb = np.where(rng.random((n, 24)) < 0.5, rng.integers(0, n, (n, 24)), -1)
+    nb = np.concatenate([np.arange(n)[:, None], nb], axis=1)
+    base = copy.deepcopy(model)
+    base.set_head([f"G{i}" for i in range(g)], head_input="centre")
+
+    def tune(targets_from, windows, **kw):
+        m = copy.deepcopy(base)
+        hist = tune_encoder_with_head(m, [tab], [windows], [y], [msk], epochs=2, batch_size=n, seed=0,
+                                      targets_from=targets_from, **kw)
+        return m, hist
+
+    # one batch, nothing learned (lr 0): the first epoch's loss is eq. 4 over every spot each window holds, each
+    # against its own row of the targets
+    m0, hist = tune("window", (nb, rel), lr=0.0, encoder_lr=0.0)
+    with torch.no_grad():
+        win = torch.as_tensor(nb)
+        out = m0.spatial_encode(m0.build_tokens({"he": torch.as_tensor(tab)}, {"he": torch.ones(n, dtype=torch.bool)},
+                                                 win, torch.as_tensor(rel)))
+        keep = nb >= 0
+        pred = m0.predict_expression(out[torch.as_tensor(keep)])
+        expected = expression_loss(pred, torch.as_tensor(y[nb[keep]]), torch.as_tensor(msk[nb[keep]])).item()
+    assert keep.sum() > 3 * n and hist[0] == pytest.approx(expected, rel=1e-5)
+    _, centre_hist = tune("centre", (nb, rel), lr=0.0, encoder_lr=0.0)
+    assert centre_hist[0] != pytest.approx(expected, rel=1e-3)  # the centre loss reads other outputs
+    # windows that hold their centre alone: both target choices are the same training, step for step
+    alone = np.where(np.arange(25)[None] == 0, nb, -1)
+    mw, hw = tune("window", (alone, rel), lr=1e-3, encoder_lr=1e-3)
+    mc, hc = tune("centre", (alone, rel), lr=1e-3, encoder_lr=1e-3)
+    assert hw == pytest.approx(hc, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(mw.parameters(), mc.parameters(), strict=True))
+    with pytest.raises(ValueError, match="targets_from must be 'centre' or 'window'"):
+        tune("all", (nb, rel))
+
+
+def test_fit_expression_head_with_window_targets(model):
+    a = synthetic_slide()
+    kw = {"genes": GENES[:6], "epochs": 1, "augment": False, "seed": 0, "show_progress": False}
+    tuned = st.tl.fit_expression_head([a], model, encoder_epochs=2, encoder_targets="window", **kw)
+    assert tuned.extra["head"]["encoder_targets"] == "window"
+    assert tuned.extra["encoder_tuning"][0]["targets"] == "window" and len(tuned.extra["head"]["encoder_loss"]) == 2
+    with pytest.raises(ValueError, match="encoder_targets must be 'centre' or 'window', got 'every'"):
+        st.tl.fit_expression_head([a], model, encoder_epochs=1, encoder_targets="every", **kw)
+
+
 def test_impute_smoothing_blends_neighbours_and_checks_its_weight(model_with_head):
     from storm_st.pp._neighbors import ring_mean_operator
 

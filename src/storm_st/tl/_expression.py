@@ -49,6 +49,7 @@ def fit_expression_head(
     head_input: str | None = None,
     encoder_epochs: int = 0,
     encoder_lr: float = 1e-4,
+    encoder_targets: str = "centre",
     smooth_targets: float | None = None,
     show_progress: bool = True,
 ) -> StormModel:
@@ -102,6 +103,12 @@ def fit_expression_head(
         default model's, tuned on HER2ST C2-C4) warns, since it starts from there.
     encoder_lr
         Learning rate of the spatial encoder in that stage (the head keeps ``lr``).
+    encoder_targets
+        Which of a window's outputs that stage trains on: ``"centre"`` (the centre spot's, the output the
+        head reads at prediction time) or ``"window"`` (every training spot in the window predicts its own
+        expression through the same head, from the part of its neighbourhood the window holds: up to 25
+        targets per window instead of one; design experiment 31 in :doc:`/pretraining`). Predictions
+        always read the centre.
     smooth_targets
         Train on neighbour-smoothed expression, ``(1 - smooth_targets) * own + smooth_targets * mean over the
         immediate neighbours`` (the operator of :func:`impute_expression`'s ``smooth``, within 1.6 lattice
@@ -142,6 +149,8 @@ def fit_expression_head(
             "encoder_epochs > 0 trains the spatial encoder, but head_input='spot' reads the spot tokens alone and "
             "never the encoder: use head_input='centre' or 'centre+spot', or encoder_epochs=0."
         )
+    if encoder_targets not in ("centre", "window"):
+        raise ValueError(f"encoder_targets must be 'centre' or 'window', got {encoder_targets!r}.")
     if smooth_targets is not None:
         _blend_weight(smooth_targets, "smooth_targets", "0 = own expression; None = platform default")
     prior_tuning = _encoder_tuning(base)
@@ -200,6 +209,7 @@ def fit_expression_head(
         enc_hist = tune_encoder_with_head(
             model_out, tuning["tokens"], tuning["windows"], tuning["y"], tuning["m"], epochs=encoder_epochs, lr=lr,
             encoder_lr=encoder_lr, batch_size=batch_size, l1=l1, l2=l2, seed=seed, device=dev,
+            targets_from=encoder_targets,
         )
     ft_hist: list[float] = []
     if finetune_epochs > 0:
@@ -226,12 +236,14 @@ def fit_expression_head(
         "loss": [round(h, 5) for h in hist],
         "encoder_epochs": encoder_epochs,
         "encoder_lr": encoder_lr,
+        "encoder_targets": encoder_targets,
         "encoder_loss": [round(h, 5) for h in enc_hist],
         "finetune_epochs": finetune_epochs,
         "finetune_loss": [round(h, 5) for h in ft_hist],
     }
     # every tuning the spatial encoder has had, oldest first (a new head does not erase the encoder's history)
-    this = {"epochs": encoder_epochs, "lr": encoder_lr, "n_spots": int(sum(a.n_obs for a in adatas)), "n_genes": len(genes)}
+    this = {"epochs": encoder_epochs, "lr": encoder_lr, "targets": encoder_targets,
+            "n_spots": int(sum(a.n_obs for a in adatas)), "n_genes": len(genes)}
     model_out.extra["encoder_tuning"] = prior_tuning + ([this] if encoder_epochs > 0 else [])
     if finetune_epochs > 0:
         model_out.extra["encoder_tuning"].append(

@@ -128,6 +128,7 @@ def tune_encoder_with_head(
     l2: float = 1.0,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    targets_from: str = "centre",
 ) -> list[float]:
     """Train the spatial encoder together with the head on H&E -> expression, the backbone frozen.
 
@@ -159,11 +160,17 @@ def tune_encoder_with_head(
         Seed of the shuffling.
     device
         Torch device.
+    targets_from
+        Which outputs of a window the loss reads: ``"centre"`` (the centre spot's, as the head reads at
+        prediction time) or ``"window"`` (every spot of the window predicts its own expression, from
+        whatever part of its neighbourhood the window holds; the loss is the mean over those spots).
 
     Returns
     -------
     Mean training loss per epoch.
     """
+    if targets_from not in ("centre", "window"):
+        raise ValueError(f"targets_from must be 'centre' or 'window', got {targets_from!r}.")
     if model.head is None:
         raise ValueError("tune_encoder_with_head needs a model with a head (fit_head first).")
     if model.config.head_input == "spot":
@@ -191,9 +198,18 @@ def tune_encoder_with_head(
             avail = {"he": torch.ones(len(tab), dtype=torch.bool, device=device)}
             for b in torch.randperm(len(tab), generator=gen).split(batch_size):
                 bd = b.to(device)
-                emb = model({"he": tab}, avail, nb[bd], rp[bd])
-                pred = model.predict_expression(model.head_features(emb, tab[bd]))
-                loss = expression_loss(pred, ys[i][b].to(device), ms[i][b].to(device), l1, l2)
+                if targets_from == "centre":
+                    emb = model({"he": tab}, avail, nb[bd], rp[bd])
+                    pred = model.predict_expression(model.head_features(emb, tab[bd]))
+                    loss = expression_loss(pred, ys[i][b].to(device), ms[i][b].to(device), l1, l2)
+                else:  # H&E alone: the output tokens are the window's positions, column 0 the centre
+                    win = nb[bd]
+                    out = model.spatial_encode(model.build_tokens({"he": tab}, avail, win, rp[bd]))
+                    keep = win >= 0
+                    rows = win[keep]
+                    pred = model.predict_expression(model.head_features(out[keep], tab[rows]))
+                    rows = rows.cpu()
+                    loss = expression_loss(pred, ys[i][rows].to(device), ms[i][rows].to(device), l1, l2)
                 tot += _step(opt, sched, loss) * len(b)
         history.append(tot / n_all)
     model.eval()
