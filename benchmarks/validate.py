@@ -181,6 +181,8 @@ def readouts(args) -> None:
     genes = st.pp.select_hvgs(train, args.head_genes)
     base = st.load_model(args.model)
     st.models.set_stain_normalization(base, True)
+    if args.window_radius is not None:  # design experiment 33: windows for head fitting, tuning and prediction
+        base.config.window_radius = args.window_radius
     arms = {"A": ("centre", args.encoder_epochs, "centre"), "B": ("spot", 0, "centre"),
             "C": ("centre+spot", args.encoder_epochs, "centre"), "W": ("centre", args.encoder_epochs, "window")}
     pred, res, fit_s = {}, {}, {}
@@ -220,7 +222,7 @@ def readouts(args) -> None:
         r = st.tl.expression_pcc(val, virtual, genes=genes50)
         res[name] = round(float(np.nanmedian(r)), 4)
     print(json.dumps({"model": args.model, "train": _train(), "val": VAL, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
-                      "seed": args.seed, "stains_normalised": True, "fit_s": fit_s, "median_r": res,
+                      "window_radius": base.config.window_radius, "seed": args.seed, "stains_normalised": True, "fit_s": fit_s, "median_r": res,
                       **({"n_heads": args.n_heads} if "F" in args.arms else {})}), flush=True)
 
 
@@ -372,6 +374,8 @@ def main() -> None:
     o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F", "W"])
     o.add_argument("--n-heads", type=int, default=3, help="arm F: A's head and N - 1 more on its tuned encoder, averaged")
     o.add_argument("--save", default=None, help="save each fitted model to SAVE_<arm>")
+    o.add_argument("--window-radius", type=float, default=None,
+                   help="the model's window_radius for every arm (default: as the model has it)")
     o.add_argument("--threads", type=int, default=2)
     t = sub.add_parser("adapt", help="design experiment 19: continued pretraining on the slide before domains")
     t.add_argument("--slides", nargs="+", default=["dlpfc:151674", "dlpfc:151675"])

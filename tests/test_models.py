@@ -27,6 +27,20 @@ def _slide_tensors(model, he=True, gene=True):
     return a, s
 
 
+def test_window_radius_is_a_model_setting():
+    m = tiny_model()
+    a = synthetic_slide(9, 9)
+    n_default = (prepare_slides(a, m.config, use_he=True, use_gene=False)[0].neighbors[:, 1:] >= 0).sum(1)
+    m.config.window_radius = 1.05  # the six nearest spots of the hexagonal lattice only
+    n_ring = (prepare_slides(a, m.config, use_he=True, use_gene=False)[0].neighbors[:, 1:] >= 0).sum(1)
+    assert n_default.max() == 24 and n_ring.max() == 6 and (n_ring <= n_default).all()
+    # checkpoints written before the setting existed read the default
+    d = m.config.to_dict()
+    assert d["window_radius"] == 1.05
+    del d["window_radius"]
+    assert type(m.config).from_dict(d).window_radius == 3.0
+
+
 def test_window_shapes_edge_padding_and_he_only():
     m = tiny_model()
     _, s = _slide_tensors(m)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+#: neighbour-window radius in lattice pitches (median nearest-neighbour distances); ``StormConfig.window_radius``
+DEFAULT_RADIUS_FACTOR = 3.0
+
 
 class Keys:
     """Names of the AnnData slots used by storm_st.

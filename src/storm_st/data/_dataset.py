@@ -162,7 +162,7 @@ def prepare_slides(
         k = window or (9 if view.platform in Platform.CELL_LEVEL else config.window)
         coords = view.coords_um if np.isfinite(view.mpp) else view.coords_px
         pitch = _pitch(coords)
-        nb = knn_window(coords, k, pitch=pitch)
+        nb = knn_window(coords, k, pitch=pitch, radius_factor=config.window_radius)
         rel = window_offsets(coords / pitch, nb)  # in lattice pitches
         fov = config.patch_fov_um(view.spot_diameter_um, cell_level=view.platform in Platform.CELL_LEVEL)
         ps = PreparedSlide(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from storm_st._constants import DEFAULT_RADIUS_FACTOR
+
 #: what the expression head can read (see ``StormConfig.head_input``)
 HEAD_INPUTS = ("centre", "centre+spot", "spot")
 
@@ -57,6 +59,11 @@ class StormConfig:
         Spatial encoder blocks.
     window
         Spots per neighbour window (25 = 5 x 5; 9 for cells).
+    window_radius
+        Neighbours farther than this many lattice pitches (the slide's median nearest-neighbour distance) are left
+        out of a window (padded), so spots at a tissue edge get partial windows rather than far-away spots. 3.0 keeps
+        the corners of a 5 x 5 square lattice (2.83 pitches) when the lattice is square; on a stretched one (legacy
+        ST pixel positions: pitches about 1.0 and 1.1) some corners fall outside it.
     decoder_dim, decoder_depth
         Masked-spot decoders used in pretraining.
     head_genes
@@ -94,6 +101,7 @@ class StormConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.1
     window: int = 25
+    window_radius: float = DEFAULT_RADIUS_FACTOR
     decoder_dim: int = 128
     decoder_depth: int = 2
     head_genes: list[str] = field(default_factory=list)

@@ -8,13 +8,11 @@ import numpy as np
 from scipy import sparse
 from scipy.spatial import cKDTree
 
-from storm_st._constants import Keys, Platform
+from storm_st._constants import DEFAULT_RADIUS_FACTOR, Keys, Platform
 from storm_st.io._slide import slide_views
 
 if TYPE_CHECKING:
     from anndata import AnnData
-
-DEFAULT_RADIUS_FACTOR = 3.0  # window radius in units of the median nearest-neighbour distance
 
 
 def knn_window(
