@@ -39,6 +39,8 @@ def test_window_radius_is_a_model_setting():
     assert d["window_radius"] == 1.05
     del d["window_radius"]
     assert type(m.config).from_dict(d).window_radius == 3.0
+    with pytest.raises(ValueError, match="window_radius must be a positive number of lattice pitches"):
+        type(m.config).from_dict({**d, "window_radius": 0})
 
 
 def test_window_shapes_edge_padding_and_he_only():

@@ -112,6 +112,11 @@ class StormConfig:
 
     def __post_init__(self):
         check_head_input(self.head_input)
+        if not float(self.window_radius) > 0:
+            raise ValueError(
+                f"window_radius must be a positive number of lattice pitches (3.0 keeps a 5 x 5 window), "
+                f"got {self.window_radius!r}."
+            )
         if self.stain_reference is not None:
             from storm_st.pp._stain import StainParams
 

@@ -10,6 +10,9 @@ from storm_st.models._heads import expression_loss
 
 from ._pretrain import cosine_with_warmup
 
+#: which outputs of a window the encoder-tuning loss reads (``tune_encoder_with_head(targets_from=...)``)
+ENCODER_TARGETS = ("centre", "window")
+
 
 def _adamw_cosine(params, lr: float, weight_decay: float, total: int):
     """AdamW with linear warm-up over 5 % of ``total`` steps, then cosine decay (the head's schedule)."""
@@ -169,8 +172,8 @@ def tune_encoder_with_head(
     -------
     Mean training loss per epoch.
     """
-    if targets_from not in ("centre", "window"):
-        raise ValueError(f"targets_from must be 'centre' or 'window', got {targets_from!r}.")
+    if targets_from not in ENCODER_TARGETS:
+        raise ValueError(f"targets_from must be one of {ENCODER_TARGETS}, got {targets_from!r}.")
     if model.head is None:
         raise ValueError("tune_encoder_with_head needs a model with a head (fit_head first).")
     if model.config.head_input == "spot":
