@@ -201,18 +201,16 @@ def tune_encoder_with_head(
             avail = {"he": torch.ones(len(tab), dtype=torch.bool, device=device)}
             for b in torch.randperm(len(tab), generator=gen).split(batch_size):
                 bd = b.to(device)
+                win = nb[bd]
+                # H&E alone: the output tokens are the window's positions, column 0 the centre (the spot itself)
+                out = model.spatial_encode(model.build_tokens({"he": tab}, avail, win, rp[bd]))
+                keep = win >= 0
                 if targets_from == "centre":
-                    emb = model({"he": tab}, avail, nb[bd], rp[bd])
-                    pred = model.predict_expression(model.head_features(emb, tab[bd]))
-                    loss = expression_loss(pred, ys[i][b].to(device), ms[i][b].to(device), l1, l2)
-                else:  # H&E alone: the output tokens are the window's positions, column 0 the centre
-                    win = nb[bd]
-                    out = model.spatial_encode(model.build_tokens({"he": tab}, avail, win, rp[bd]))
-                    keep = win >= 0
-                    rows = win[keep]
-                    pred = model.predict_expression(model.head_features(out[keep], tab[rows]))
-                    rows = rows.cpu()
-                    loss = expression_loss(pred, ys[i][rows].to(device), ms[i][rows].to(device), l1, l2)
+                    keep[:, 1:] = False
+                rows = win[keep]
+                pred = model.predict_expression(model.head_features(out[keep], tab[rows]))
+                rows = rows.cpu()
+                loss = expression_loss(pred, ys[i][rows].to(device), ms[i][rows].to(device), l1, l2)
                 tot += _step(opt, sched, loss) * len(b)
         history.append(tot / n_all)
     model.eval()
