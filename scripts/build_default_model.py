@@ -175,6 +175,11 @@ def main() -> None:
     # a run records its resolved config; the package defaults fill in what an older checkpoint did not record
     paired = float({**DEFAULTS["data"], **cfg.get("data", {})}["paired_fraction"])
     p_he_only = float({**DEFAULTS["training"], **tcfg}["p_he_only"])
+    he_to_st = float({**DEFAULTS["training"], **tcfg}.get("he_to_st_weight", 0.0))
+    he_to_st_note = (
+        f" An auxiliary term (weight {he_to_st:g}, `training.he_to_st_weight`) also makes every H&E token's encoder output\n"
+        "  predict its own spot's expression in these windows (design experiments 34-35 below)." if he_to_st else ""
+    )
     lr, blr, ld = tcfg.get("lr"), tcfg.get("backbone_lr") or tcfg.get("lr"), tcfg.get("layer_decay")
     lr_note = (
         f"the backbone's {lr / blr:g}x below the spatial encoder's, so that masked pretraining refines the supervised "
@@ -232,7 +237,7 @@ Design choices of this small CPU model, and why:
   backbone (design experiment 21 below; 0.8 before it).
 - **H&E-only windows** ({p_he_only:.0%} of the windows from H&E slides): all 25 H&E tokens visible, every ST token reconstructed.
   This is the virtual-ST setting of H&E-only slides, which a model pretrained only with 5 visible
-  spots per modality never sees.
+  spots per modality never sees.{he_to_st_note}
 - **Learning rates** {lr:g} (spatial encoder, decoders) and {blr:g} (backbone, layer-wise decay {ld:g}):
   {lr_note}.
 {init_note}
