@@ -174,8 +174,8 @@ def main() -> None:
     )
     # a run records its resolved config; the package defaults fill in what an older checkpoint did not record
     paired = float({**DEFAULTS["data"], **cfg.get("data", {})}["paired_fraction"])
-    p_he_only = float({**DEFAULTS["training"], **tcfg}["p_he_only"])
-    he_to_st = float({**DEFAULTS["training"], **tcfg}.get("he_to_st_weight", 0.0))
+    training = {**DEFAULTS["training"], **tcfg}
+    p_he_only, he_to_st = float(training["p_he_only"]), float(training["he_to_st_weight"])
     he_to_st_note = (
         f" An auxiliary term (weight {he_to_st:g}, `training.he_to_st_weight`) also makes every H&E token's encoder output\n"
         "  predict its own spot's expression in these windows (design experiments 34-35 below)." if he_to_st else ""
