@@ -170,7 +170,8 @@ def readouts(args) -> None:
     predictions averaged (E) and a ``"centre+spot"`` head with the encoder tuned (C); stains normalised as shipped.
     Design experiment 25: F averages A's head with ``--n-heads - 1`` more centre heads fitted on A's tuned encoder
     (frozen; head seeds ``100 * seed + j``). Design experiment 31: W is A with the encoder tuned on every spot of each
-    window (``encoder_targets="window"``)."""
+    window (``encoder_targets="window"``). Design experiment 36: K is A with the neighbours of each training window dropped
+    with probability ``--context-dropout`` at every tuning step (``context_dropout``)."""
     import json
 
     import anndata
@@ -183,8 +184,9 @@ def readouts(args) -> None:
     st.models.set_stain_normalization(base, True)
     if args.window_radius is not None:  # design experiment 33: windows for head fitting, tuning and prediction
         base.config.window_radius = args.window_radius
-    arms = {"A": ("centre", args.encoder_epochs, "centre"), "B": ("spot", 0, "centre"),
-            "C": ("centre+spot", args.encoder_epochs, "centre"), "W": ("centre", args.encoder_epochs, "window")}
+    arms = {"A": ("centre", args.encoder_epochs, "centre", 0.0), "B": ("spot", 0, "centre", 0.0),
+            "C": ("centre+spot", args.encoder_epochs, "centre", 0.0), "W": ("centre", args.encoder_epochs, "window", 0.0),
+            "K": ("centre", args.encoder_epochs, "centre", args.context_dropout)}
     pred, res, fit_s = {}, {}, {}
 
     def predict(m) -> np.ndarray:
@@ -193,10 +195,10 @@ def readouts(args) -> None:
 
     tuned_a = None
     for name in [a for a in args.arms if a != "F"]:
-        hi, ee, et = arms[name]
+        hi, ee, et, cd = arms[name]
         t0 = time.time()
         m = st.tl.fit_expression_head(train, base, genes=genes, seed=args.seed, head_input=hi, encoder_epochs=ee,
-                                      encoder_targets=et, show_progress=False)
+                                      encoder_targets=et, context_dropout=cd, show_progress=False)
         fit_s[name] = round(time.time() - t0)
         pred[name] = predict(m)
         if name == "A":
@@ -223,7 +225,8 @@ def readouts(args) -> None:
         res[name] = round(float(np.nanmedian(r)), 4)
     print(json.dumps({"model": args.model, "train": _train(), "val": VAL, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
                       "window_radius": base.config.window_radius, "seed": args.seed, "stains_normalised": True, "fit_s": fit_s, "median_r": res,
-                      **({"n_heads": args.n_heads} if "F" in args.arms else {})}), flush=True)
+                      **({"n_heads": args.n_heads} if "F" in args.arms else {}),
+                      **({"context_dropout": args.context_dropout} if "K" in args.arms else {})}), flush=True)
 
 
 def imagenet(args) -> None:
@@ -371,7 +374,8 @@ def main() -> None:
     o.add_argument("--model", required=True)
     o.add_argument("--head-genes", type=int, default=50)
     o.add_argument("--encoder-epochs", type=int, default=10)
-    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F", "W"])
+    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F", "W", "K"])
+    o.add_argument("--context-dropout", type=float, default=0.25, help="arm K: fit_expression_head(context_dropout=...)")
     o.add_argument("--n-heads", type=int, default=3, help="arm F: A's head and N - 1 more on its tuned encoder, averaged")
     o.add_argument("--save", default=None, help="save each fitted model to SAVE_<arm>")
     o.add_argument("--window-radius", type=float, default=None,

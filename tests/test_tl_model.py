@@ -336,6 +336,19 @@ def test_encoder_tuning_on_every_spot_of_the_window(model):
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(mw.parameters(), mc.parameters(), strict=True))
     with pytest.raises(ValueError, match=r"targets_from must be one of \('centre', 'window'\), got 'all'"):
         tune("all", (nb, rel))
+    # context dropout: dropping (almost) every neighbour trains as on windows that hold their centre alone; 0 is the
+    # default, step for step
+    _, h_alone = tune("centre", (alone, rel), lr=0.0, encoder_lr=0.0)
+    _, h_drop = tune("centre", (nb, rel), lr=0.0, encoder_lr=0.0, context_dropout=1 - 1e-9)
+    assert h_drop[0] == pytest.approx(h_alone[0], rel=1e-6) and h_drop[0] != centre_hist[0]
+    m_def, h_def = tune("centre", (nb, rel), lr=1e-3, encoder_lr=1e-3)
+    m_zero, h_zero = tune("centre", (nb, rel), lr=1e-3, encoder_lr=1e-3, context_dropout=0.0)
+    assert h_def == h_zero
+    _, h_some = tune("centre", (nb, rel), lr=1e-3, encoder_lr=1e-3, context_dropout=0.3)
+    assert h_some != h_def  # neighbours were dropped (the fixture's windows move its loss only a little)
+    for bad in (1.0, -0.1, True, "0.2"):
+        with pytest.raises(ValueError, match="context_dropout must be a number in \\[0, 1\\)"):
+            tune("centre", (nb, rel), context_dropout=bad)
 
 
 def test_fit_expression_head_with_window_targets(model):
@@ -346,6 +359,10 @@ def test_fit_expression_head_with_window_targets(model):
     assert tuned.extra["encoder_tuning"][0]["targets"] == "window" and len(tuned.extra["head"]["encoder_loss"]) == 2
     with pytest.raises(ValueError, match=r"encoder_targets must be one of \('centre', 'window'\), got 'every'"):
         st.tl.fit_expression_head([a], model, encoder_epochs=1, encoder_targets="every", **kw)
+    dropped = st.tl.fit_expression_head([a], model, encoder_epochs=1, context_dropout=0.25, **kw)
+    assert dropped.extra["head"]["context_dropout"] == 0.25 and tuned.extra["head"]["context_dropout"] == 0.0
+    with pytest.raises(ValueError, match=r"context_dropout must be a number in \[0, 1\) \(0 = whole windows\), got 1"):
+        st.tl.fit_expression_head([a], model, encoder_epochs=1, context_dropout=1, **kw)
 
 
 def test_impute_smoothing_blends_neighbours_and_checks_its_weight(model_with_head):

@@ -50,6 +50,7 @@ def fit_expression_head(
     encoder_epochs: int = 0,
     encoder_lr: float = 1e-4,
     encoder_targets: str = "centre",
+    context_dropout: float = 0.0,
     smooth_targets: float | None = None,
     show_progress: bool = True,
 ) -> StormModel:
@@ -109,6 +110,10 @@ def fit_expression_head(
         expression through the same head, from the part of its neighbourhood the window holds: up to 25
         targets per window instead of one; design experiment 31 in :doc:`/pretraining`). Predictions
         always read the centre.
+    context_dropout
+        In that stage, drop each neighbour of a training window (never its centre) with this probability at every
+        step, as a spot beyond a tissue edge is dropped; ``0`` (default) trains on whole windows. Predictions always
+        read whole windows.
     smooth_targets
         Train on neighbour-smoothed expression, ``(1 - smooth_targets) * own + smooth_targets * mean over the
         immediate neighbours`` (the operator of :func:`impute_expression`'s ``smooth``, within 1.6 lattice
@@ -151,6 +156,8 @@ def fit_expression_head(
         )
     if encoder_targets not in ENCODER_TARGETS:
         raise ValueError(f"encoder_targets must be one of {ENCODER_TARGETS}, got {encoder_targets!r}.")
+    if isinstance(context_dropout, bool) or not (isinstance(context_dropout, int | float) and 0 <= context_dropout < 1):
+        raise ValueError(f"context_dropout must be a number in [0, 1) (0 = whole windows), got {context_dropout!r}.")
     if smooth_targets is not None:
         _blend_weight(smooth_targets, "smooth_targets", "0 = own expression; None = platform default")
     prior_tuning = _encoder_tuning(base)
@@ -209,7 +216,7 @@ def fit_expression_head(
         enc_hist = tune_encoder_with_head(
             model_out, tuning["tokens"], tuning["windows"], tuning["y"], tuning["m"], epochs=encoder_epochs, lr=lr,
             encoder_lr=encoder_lr, batch_size=batch_size, l1=l1, l2=l2, seed=seed, device=dev,
-            targets_from=encoder_targets,
+            targets_from=encoder_targets, context_dropout=context_dropout,
         )
     ft_hist: list[float] = []
     if finetune_epochs > 0:
@@ -237,6 +244,7 @@ def fit_expression_head(
         "encoder_epochs": encoder_epochs,
         "encoder_lr": encoder_lr,
         "encoder_targets": encoder_targets,
+        "context_dropout": context_dropout,
         "encoder_loss": [round(h, 5) for h in enc_hist],
         "finetune_epochs": finetune_epochs,
         "finetune_loss": [round(h, 5) for h in ft_hist],

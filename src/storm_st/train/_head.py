@@ -132,6 +132,7 @@ def tune_encoder_with_head(
     seed: int = 0,
     device: torch.device | str = "cpu",
     targets_from: str = "centre",
+    context_dropout: float = 0.0,
 ) -> list[float]:
     """Train the spatial encoder together with the head on H&E -> expression, the backbone frozen.
 
@@ -167,6 +168,10 @@ def tune_encoder_with_head(
         Which outputs of a window the loss reads: ``"centre"`` (the centre spot's, as the head reads at
         prediction time) or ``"window"`` (every spot of the window predicts its own expression, from
         whatever part of its neighbourhood the window holds; the loss is the mean over those spots).
+    context_dropout
+        Probability with which each neighbour of a training window (never its centre) is dropped from it for that
+        step, as a spot beyond a tissue edge is; ``0`` (default) keeps every window whole. Predictions always read
+        whole windows.
 
     Returns
     -------
@@ -174,6 +179,8 @@ def tune_encoder_with_head(
     """
     if targets_from not in ENCODER_TARGETS:
         raise ValueError(f"targets_from must be one of {ENCODER_TARGETS}, got {targets_from!r}.")
+    if isinstance(context_dropout, bool) or not (isinstance(context_dropout, int | float) and 0.0 <= context_dropout < 1.0):
+        raise ValueError(f"context_dropout must be a number in [0, 1) (0 = whole windows), got {context_dropout!r}.")
     if model.head is None:
         raise ValueError("tune_encoder_with_head needs a model with a head (fit_head first).")
     if model.config.head_input == "spot":
@@ -202,6 +209,10 @@ def tune_encoder_with_head(
             for b in torch.randperm(len(tab), generator=gen).split(batch_size):
                 bd = b.to(device)
                 win = nb[bd]
+                if context_dropout > 0:  # drop neighbours (never the centre, column 0) as at a tissue edge
+                    drop = torch.rand(win.shape, generator=gen) < context_dropout
+                    drop[:, 0] = False
+                    win = win.masked_fill(drop.to(device), -1)
                 # H&E alone: the output tokens are the window's positions, column 0 the centre (the spot itself)
                 out = model.spatial_encode(model.build_tokens({"he": tab}, avail, win, rp[bd]))
                 keep = win >= 0
