@@ -130,7 +130,7 @@ def fit_expression_head(
     """
     from storm_st._inference import D4
     from storm_st.pp import select_hvgs
-    from storm_st.train._head import ENCODER_TARGETS, fit_head
+    from storm_st.train._head import ENCODER_TARGETS, check_context_dropout, fit_head
 
     adatas = [adatas] if not isinstance(adatas, list | tuple) else list(adatas)
     adatas = [get_adata(a) for a in adatas]
@@ -156,8 +156,7 @@ def fit_expression_head(
         )
     if encoder_targets not in ENCODER_TARGETS:
         raise ValueError(f"encoder_targets must be one of {ENCODER_TARGETS}, got {encoder_targets!r}.")
-    if isinstance(context_dropout, bool) or not (isinstance(context_dropout, int | float) and 0 <= context_dropout < 1):
-        raise ValueError(f"context_dropout must be a number in [0, 1) (0 = whole windows), got {context_dropout!r}.")
+    check_context_dropout(context_dropout)
     if smooth_targets is not None:
         _blend_weight(smooth_targets, "smooth_targets", "0 = own expression; None = platform default")
     prior_tuning = _encoder_tuning(base)

@@ -14,6 +14,12 @@ from ._pretrain import cosine_with_warmup
 ENCODER_TARGETS = ("centre", "window")
 
 
+def check_context_dropout(context_dropout) -> None:
+    """Raise a ``ValueError`` unless ``context_dropout`` is a number in ``[0, 1)``."""
+    if isinstance(context_dropout, bool) or not (isinstance(context_dropout, int | float) and 0.0 <= context_dropout < 1.0):
+        raise ValueError(f"context_dropout must be a number in [0, 1) (0 = whole windows), got {context_dropout!r}.")
+
+
 def _adamw_cosine(params, lr: float, weight_decay: float, total: int):
     """AdamW with linear warm-up over 5 % of ``total`` steps, then cosine decay (the head's schedule)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -179,8 +185,7 @@ def tune_encoder_with_head(
     """
     if targets_from not in ENCODER_TARGETS:
         raise ValueError(f"targets_from must be one of {ENCODER_TARGETS}, got {targets_from!r}.")
-    if isinstance(context_dropout, bool) or not (isinstance(context_dropout, int | float) and 0.0 <= context_dropout < 1.0):
-        raise ValueError(f"context_dropout must be a number in [0, 1) (0 = whole windows), got {context_dropout!r}.")
+    check_context_dropout(context_dropout)
     if model.head is None:
         raise ValueError("tune_encoder_with_head needs a model with a head (fit_head first).")
     if model.config.head_input == "spot":
