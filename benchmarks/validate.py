@@ -171,7 +171,8 @@ def readouts(args) -> None:
     Design experiment 25: F averages A's head with ``--n-heads - 1`` more centre heads fitted on A's tuned encoder
     (frozen; head seeds ``100 * seed + j``). Design experiment 31: W is A with the encoder tuned on every spot of each
     window (``encoder_targets="window"``). Design experiment 36: K is A with the neighbours of each training window dropped
-    with probability ``--context-dropout`` at every tuning step (``context_dropout``)."""
+    with probability ``--context-dropout`` at every tuning step (``context_dropout``). Design experiment 37: L is A with
+    the spatial encoder tuned at ``--encoder-lr`` instead of 1e-4 (``encoder_lr``)."""
     import json
 
     import anndata
@@ -186,7 +187,8 @@ def readouts(args) -> None:
         base.config.window_radius = args.window_radius
     arms = {"A": ("centre", args.encoder_epochs, "centre", 0.0), "B": ("spot", 0, "centre", 0.0),
             "C": ("centre+spot", args.encoder_epochs, "centre", 0.0), "W": ("centre", args.encoder_epochs, "window", 0.0),
-            "K": ("centre", args.encoder_epochs, "centre", args.context_dropout)}
+            "K": ("centre", args.encoder_epochs, "centre", args.context_dropout),
+            "L": ("centre", args.encoder_epochs, "centre", 0.0)}
     pred, res, fit_s = {}, {}, {}
 
     def predict(m) -> np.ndarray:
@@ -198,7 +200,8 @@ def readouts(args) -> None:
         hi, ee, et, cd = arms[name]
         t0 = time.time()
         m = st.tl.fit_expression_head(train, base, genes=genes, seed=args.seed, head_input=hi, encoder_epochs=ee,
-                                      encoder_targets=et, context_dropout=cd, show_progress=False)
+                                      encoder_targets=et, context_dropout=cd, show_progress=False,
+                                      encoder_lr=args.encoder_lr if name == "L" else 1e-4)
         fit_s[name] = round(time.time() - t0)
         pred[name] = predict(m)
         if name == "A":
@@ -226,7 +229,8 @@ def readouts(args) -> None:
     print(json.dumps({"model": args.model, "train": _train(), "val": VAL, "head_genes": args.head_genes, "encoder_epochs": args.encoder_epochs,
                       "window_radius": base.config.window_radius, "seed": args.seed, "stains_normalised": True, "fit_s": fit_s, "median_r": res,
                       **({"n_heads": args.n_heads} if "F" in args.arms else {}),
-                      **({"context_dropout": args.context_dropout} if "K" in args.arms else {})}), flush=True)
+                      **({"context_dropout": args.context_dropout} if "K" in args.arms else {}),
+                      **({"encoder_lr": args.encoder_lr} if "L" in args.arms else {})}), flush=True)
 
 
 def imagenet(args) -> None:
@@ -374,8 +378,9 @@ def main() -> None:
     o.add_argument("--model", required=True)
     o.add_argument("--head-genes", type=int, default=50)
     o.add_argument("--encoder-epochs", type=int, default=10)
-    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F", "W", "K"])
+    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F", "W", "K", "L"])
     o.add_argument("--context-dropout", type=float, default=0.25, help="arm K: fit_expression_head(context_dropout=...)")
+    o.add_argument("--encoder-lr", type=float, default=3e-5, help="arm L: fit_expression_head(encoder_lr=...)")
     o.add_argument("--n-heads", type=int, default=3, help="arm F: A's head and N - 1 more on its tuned encoder, averaged")
     o.add_argument("--save", default=None, help="save each fitted model to SAVE_<arm>")
     o.add_argument("--window-radius", type=float, default=None,
