@@ -287,6 +287,10 @@ def test_tuning_the_spatial_encoder_with_the_head(model, tmp_path):
         st.tl.fit_expression_head([a], model, genes=genes, head_input="spot", encoder_epochs=1, show_progress=False)
     with pytest.raises(ValueError, match="must be >= 0"):
         st.tl.fit_expression_head([a], model, genes=genes, encoder_epochs=-1, show_progress=False)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        st.tl.fit_expression_head([a], model, genes=genes, epochs=0, show_progress=False)
+    with pytest.raises(ValueError, match=r"lr and encoder_lr must be positive learning rates, got 0.0005 and -0.0001"):
+        st.tl.fit_expression_head([a], model, genes=genes, encoder_lr=-1e-4, show_progress=False)
 
 
 def test_encoder_tuning_on_every_spot_of_the_window(model):

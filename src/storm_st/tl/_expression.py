@@ -147,6 +147,10 @@ def fit_expression_head(
     from storm_st.models._config import check_head_input
 
     head_input = check_head_input(head_input or base.config.head_input)  # before any encoding
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1 (passes of the head over the training spots), got {epochs}.")
+    if not (lr > 0 and encoder_lr > 0):
+        raise ValueError(f"lr and encoder_lr must be positive learning rates, got {lr} and {encoder_lr}.")
     if encoder_epochs < 0 or finetune_epochs < 0:
         raise ValueError(f"encoder_epochs and finetune_epochs must be >= 0, got {encoder_epochs} and {finetune_epochs}.")
     if encoder_epochs > 0 and head_input == "spot":
