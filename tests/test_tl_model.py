@@ -92,6 +92,11 @@ def test_embed_bad_inputs_leave_object_untouched(model):
         st.tl.embed(synthetic_slide()[:0].copy(), model, show_progress=False)
     with pytest.raises(ValueError, match="modalities must be"):
         st.tl.embed(synthetic_slide(), model, modalities="rna", show_progress=False)
+    d = synthetic_slide()
+    for bad in (0, -8, 2.5, True):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {bad!r}"):
+            st.tl.embed(d, model, batch_size=bad, show_progress=False)
+    assert "X_storm" not in d.obsm and "storm" not in d.uns
 
 
 def test_fit_head_and_impute_new_anndata(model_with_head):
@@ -114,6 +119,8 @@ def test_impute_into_layer_when_genes_match(model_with_head):
     assert list(sub.var_names) == ["GENE2"]
     with pytest.raises(ValueError, match="not predicted by this model"):
         st.tl.impute_expression(a, model_with_head, genes=["NOPE"], show_progress=False)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got -1"):
+        st.tl.impute_expression(a, model_with_head, batch_size=-1, show_progress=False)
 
 
 def test_impute_needs_head_and_image(model, model_with_head):
@@ -287,6 +294,8 @@ def test_tuning_the_spatial_encoder_with_the_head(model, tmp_path):
         st.tl.fit_expression_head([a], model, genes=genes, head_input="spot", encoder_epochs=1, show_progress=False)
     with pytest.raises(ValueError, match="must be >= 0"):
         st.tl.fit_expression_head([a], model, genes=genes, encoder_epochs=-1, show_progress=False)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        st.tl.fit_expression_head([a], model, genes=genes, batch_size=0, show_progress=False)
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         st.tl.fit_expression_head([a], model, genes=genes, epochs=0, show_progress=False)
     with pytest.raises(ValueError, match=r"lr and encoder_lr must be positive learning rates, got 0.0005 and -0.0001"):

@@ -83,6 +83,12 @@ def check_counts(X: Any, *, integer: bool = True, what: str = "adata.X") -> None
         )
 
 
+def check_batch_size(batch_size: Any) -> None:
+    """Raise a ``ValueError`` unless ``batch_size`` is a positive integer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+
+
 def resolve_device(device: str | None = None) -> Any:
     """``'cuda'`` when available (or as asked), else ``'cpu'``."""
     import torch

@@ -10,7 +10,7 @@ import numpy as np
 
 from storm_st._constants import Platform
 from storm_st._inference import D4, encode_slide
-from storm_st._utils import resolve_device
+from storm_st._utils import check_batch_size, resolve_device
 from storm_st.data import prepare_slides
 from storm_st.io._slide import slide_views
 
@@ -178,6 +178,7 @@ def encode_adata(
     """
     from tqdm.auto import tqdm
 
+    check_batch_size(batch_size)
     dev = resolve_device(device)
     slides = prepare_slides(adata, model.config, use_he=use_he, use_gene=use_gene, library_key=library_key, layer=layer)
     model = model.to(dev).eval()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from storm_st._constants import Keys
-from storm_st._utils import gene_pcc, get_adata, resolve_device
+from storm_st._utils import check_batch_size, gene_pcc, get_adata, resolve_device
 
 from ._common import encode_adata, model_hash, resolve_model
 
@@ -147,6 +147,7 @@ def fit_expression_head(
     from storm_st.models._config import check_head_input
 
     head_input = check_head_input(head_input or base.config.head_input)  # before any encoding
+    check_batch_size(batch_size)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1 (passes of the head over the training spots), got {epochs}.")
     if not (lr > 0 and encoder_lr > 0):
