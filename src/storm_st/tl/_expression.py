@@ -103,7 +103,9 @@ def fit_expression_head(
         has had is listed in ``model.extra['encoder_tuning']``; tuning one that already was (such as the
         default model's, tuned on HER2ST C2-C4) warns, since it starts from there.
     encoder_lr
-        Learning rate of the spatial encoder in that stage (the head keeps ``lr``).
+        Learning rate of the spatial encoder in that stage (the head keeps ``lr``). On validation sections of
+        HER2ST patient C, 3e-5 instead of 1e-4 scored higher on the hardest held-out section and lower on
+        the two others (design experiments 37-38 in :doc:`/pretraining`); the default was kept.
     encoder_targets
         Which of a window's outputs that stage trains on: ``"centre"`` (the centre spot's, the output the
         head reads at prediction time) or ``"window"`` (every training spot in the window predicts its own
