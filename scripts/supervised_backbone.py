@@ -11,7 +11,10 @@ played here by the training slides themselves). The backbone, its input normalis
 Targets: log1p(CP10k) of the top ``--genes`` seurat_v3 HVGs of the training slides (plus their top 50, which
 are not nested in the larger list), z-scored per gene so that every gene weighs the same; a linear head on the
 pooled backbone features; MSE; AdamW with cosine decay; the pretraining augmentation (random resized crop,
-flips / 90° rotations, colour jitter, stain jitter where the config sets ``training.stain_jitter``). ``--eval``
+flips / 90° rotations, colour jitter, stain jitter where the config sets ``training.stain_jitter``). With
+``--midpoints P`` (design experiment 39; off by default) a training item is, with probability ``P``, replaced by a
+patch centred midway between its spot and one of the spot's lattice neighbours (both under tissue), whose target is
+the mean of the two spots' log-expression: image content the spot patches only show at their edges. ``--eval``
 sections report the median gene-wise Pearson r over the top-50 HVGs of the training slides (design experiments only:
 never pass a test section); their measured and predicted top-50 expression is written beside the weights
 (``.eval.npz``), e.g. to score an average of several starts.
@@ -47,6 +50,34 @@ def _patches_and_targets(slides, cfg: StormConfig, genes: list[str]):
     return np.concatenate(P), np.concatenate(Y).astype(np.float32)
 
 
+def _midpoints(slides, cfg: StormConfig, genes: list[str], offset: int = 0):
+    """Patches centred midway between lattice neighbours (≤ 1.2 pitches apart) and the mean of their targets.
+
+    Returns the patches, targets, and for each midpoint the two training rows it joins (rows of the
+    concatenated spot arrays of ``_patches_and_targets``, which shift by each slide's spot count).
+    """
+    from dataclasses import replace
+
+    from scipy.spatial import cKDTree
+
+    from storm_st.pp import extract_patches, normalize_stains
+
+    P, Y, E = [], [], []
+    for a in slides:
+        s = prepare_slides(a, cfg, use_he=True, use_gene=False)[0]
+        xy = s.view.coords_um
+        pairs = np.array(sorted(cKDTree(xy).query_pairs(1.2 * s.pitch_um)), dtype=np.int64).reshape(-1, 2)
+        mid = replace(s.view, coords_px=(s.view.coords_px[pairs[:, 0]] + s.view.coords_px[pairs[:, 1]]) / 2.0,
+                      obs_indices=np.arange(len(pairs)))
+        x = extract_patches(mid, fov_um=s.fov_um, size=cfg.image_size)
+        P.append(x if s.stains is None else normalize_stains(x, *s.stains))
+        y = st.pp.expression_input(a, st.pp.align_genes(a, genes))[s.obs_indices]
+        Y.append((y[pairs[:, 0]] + y[pairs[:, 1]]) / 2.0)
+        E.append(pairs + offset)
+        offset += s.n
+    return np.concatenate(P), np.concatenate(Y).astype(np.float32), np.concatenate(E)
+
+
 def train(
     cfg: StormConfig,
     P: np.ndarray,
@@ -61,6 +92,8 @@ def train(
     stain: float,
     seed: int,
     init: str | None = None,
+    midpoints: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    p_mid: float = 0.0,
 ) -> tuple[HEEncoder, torch.nn.Linear, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -69,7 +102,15 @@ def train(
         load_backbone_weights(enc, init)
     head = torch.nn.Linear(enc.out_dim, Y.shape[1])
     mu, sd = Y.mean(0), Y.std(0) + 1e-3
-    Z = torch.from_numpy((Y - mu) / sd)
+    n_spots = len(P)
+    if p_mid > 0:  # midpoint items follow the spot items; drawn per spot (see _midpoints)
+        Pm, Ym, Em = midpoints
+        P, Y = np.concatenate([P, Pm]), np.concatenate([Y, Ym])
+        incident = [[] for _ in range(n_spots)]
+        for k, (i, j) in enumerate(Em):
+            incident[i].append(n_spots + k)
+            incident[j].append(n_spots + k)
+    Z = torch.from_numpy((Y - mu) / sd)  # mu, sd of the spots alone: the midpoints are on the spots' scale
     X = torch.from_numpy(P).permute(0, 3, 1, 2)  # uint8 (n, 3, S, S)
     params = list(enc.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -78,9 +119,16 @@ def train(
     enc.train()
     losses, t0 = [], time.perf_counter()
     for ep in range(epochs):
-        order = rng.permutation(len(X))
+        order = rng.permutation(n_spots)
+        if p_mid > 0:  # as many items per epoch as spots: each one swapped, with probability p_mid, for a midpoint
+            swap = rng.random(n_spots) < p_mid
+            pick = rng.random(n_spots)
+            for t in np.flatnonzero(swap):
+                inc = incident[order[t]]
+                if inc:
+                    order[t] = inc[int(pick[t] * len(inc))]
         tot = 0.0
-        for b in range(0, len(X), batch_size):
+        for b in range(0, n_spots, batch_size):
             idx = torch.from_numpy(order[b : b + batch_size])
             x = augment(X[idx], cfg.image_size, crop_scale=crop_scale, jitter=jitter, stain=stain)
             loss = torch.nn.functional.mse_loss(head(enc(x)), Z[idx])
@@ -89,7 +137,7 @@ def train(
             opt.step()
             sched.step()
             tot += float(loss.detach()) * len(idx)
-        losses.append(tot / len(X))
+        losses.append(tot / n_spots)
         print(f"epoch {ep + 1}/{epochs}: train MSE (z-scored) {losses[-1]:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     info = {"epochs": epochs, "train_mse_z": [round(v, 4) for v in losses], "seconds": round(time.perf_counter() - t0, 1)}
     return enc, head, {**info, "target_mean": mu, "target_sd": sd}
@@ -120,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", default=None,
                     help="timm-format backbone weights to start from (e.g. scripts/imagenet_backbone.py); default random")
+    ap.add_argument("--midpoints", type=float, default=0.0,
+                    help="probability of swapping a training spot for a midpoint to a lattice neighbour (0 = off)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True, help="backbone weights (.safetensors); a .json of the run goes beside it")
     a = ap.parse_args(argv)
@@ -137,11 +187,16 @@ def main(argv=None) -> int:
     genes = list(dict.fromkeys(top50 + st.pp.select_hvgs(train_slides, a.genes)))
     P, Y = _patches_and_targets(train_slides, cfg, genes)
     print(f"{len(P)} training spots, {len(genes)} target genes, patches {P.shape[1]} px", flush=True)
+    if not 0.0 <= a.midpoints <= 1.0:
+        raise SystemExit(f"--midpoints is a probability in [0, 1], got {a.midpoints}")
+    mids = _midpoints(train_slides, cfg, genes) if a.midpoints > 0 else None
+    if mids is not None:
+        print(f"{len(mids[0])} midpoint patches", flush=True)
     enc, head, info = train(
         cfg, P, Y, epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
         crop_scale=tuple(tr.get("crop_scale", (0.6, 1.0))), jitter=float(tr.get("jitter", 0.1)),
         stain=stain, seed=a.seed,
-        init=a.init,
+        init=a.init, midpoints=mids, p_mid=a.midpoints,
     )
     mu, sd = info.pop("target_mean"), info.pop("target_sd")
     scores, evals = {}, {}
@@ -157,7 +212,8 @@ def main(argv=None) -> int:
     save_file({k: v.contiguous() for k, v in enc.backbone.state_dict().items()}, str(out))
     meta = {"config": a.config, "backbone": cfg.he_backbone, "image_size": cfg.image_size, "fov_scale": cfg.fov_scale,
             "train": a.train, "n_spots": len(P), "n_genes": len(genes), "lr": a.lr, "weight_decay": a.weight_decay,
-            "batch_size": a.batch_size, "stain_jitter": stain, "seed": a.seed,
+            "batch_size": a.batch_size, "stain_jitter": stain, "seed": a.seed, "midpoints": a.midpoints,
+            "n_midpoints": 0 if mids is None else len(mids[0]),
             "init": a.init, "eval_median_pcc_top50": scores, **info}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     if evals:
