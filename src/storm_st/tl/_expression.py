@@ -132,7 +132,7 @@ def fit_expression_head(
     """
     from storm_st._inference import D4
     from storm_st.pp import select_hvgs
-    from storm_st.train._head import ENCODER_TARGETS, check_context_dropout, fit_head
+    from storm_st.train._head import check_context_dropout, check_encoder_targets, fit_head
 
     adatas = [adatas] if not isinstance(adatas, list | tuple) else list(adatas)
     adatas = [get_adata(a) for a in adatas]
@@ -161,8 +161,7 @@ def fit_expression_head(
             "encoder_epochs > 0 trains the spatial encoder, but head_input='spot' reads the spot tokens alone and "
             "never the encoder: use head_input='centre' or 'centre+spot', or encoder_epochs=0."
         )
-    if encoder_targets not in ENCODER_TARGETS:
-        raise ValueError(f"encoder_targets must be one of {ENCODER_TARGETS}, got {encoder_targets!r}.")
+    check_encoder_targets(encoder_targets, "encoder_targets")
     check_context_dropout(context_dropout)
     if smooth_targets is not None:
         _blend_weight(smooth_targets, "smooth_targets", "0 = own expression; None = platform default")

@@ -20,6 +20,12 @@ def check_context_dropout(context_dropout) -> None:
         raise ValueError(f"context_dropout must be a number in [0, 1) (0 = whole windows), got {context_dropout!r}.")
 
 
+def check_encoder_targets(targets, name: str = "targets_from") -> None:
+    """Raise a ``ValueError`` unless ``targets`` is one of :data:`ENCODER_TARGETS` (``name``: the argument's name)."""
+    if targets not in ENCODER_TARGETS:
+        raise ValueError(f"{name} must be one of {ENCODER_TARGETS}, got {targets!r}.")
+
+
 def _adamw_cosine(params, lr: float, weight_decay: float, total: int):
     """AdamW with linear warm-up over 5 % of ``total`` steps, then cosine decay (the head's schedule)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -183,8 +189,7 @@ def tune_encoder_with_head(
     -------
     Mean training loss per epoch.
     """
-    if targets_from not in ENCODER_TARGETS:
-        raise ValueError(f"targets_from must be one of {ENCODER_TARGETS}, got {targets_from!r}.")
+    check_encoder_targets(targets_from)
     check_context_dropout(context_dropout)
     if model.head is None:
         raise ValueError("tune_encoder_with_head needs a model with a head (fit_head first).")
