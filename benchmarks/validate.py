@@ -233,6 +233,44 @@ def readouts(args) -> None:
                       **({"encoder_lr": args.encoder_lr} if "L" in args.arms else {})}), flush=True)
 
 
+def scale(args) -> None:
+    """Investigation 40: the pixel size patches are read at when a platform's spots are smaller than legacy ST's.
+
+    Two heads are fitted as the benchmark fits them (A: the shipped recipe, B: the spot-token head), at the model's own
+    patch geometry (on legacy ST: ``fov_scale`` x 100 µm at ``image_size`` px). The validation section is then predicted
+    with each field of view in ``--fov`` read two ways: at ``image_size`` px, as the package reads the patch of a spot
+    ``fov / fov_scale`` µm wide (so the pixel size shrinks with the field), and at the pixel size the backbone was
+    trained at (``fov / trained µm/px`` px). The first minus the second is the cost of the magnification change alone;
+    the second against the trained field is the cost of the smaller field alone. Spot positions, windows and targets are
+    the section's own: only the patches change."""
+    import json
+
+    train, val = _data()
+    genes50 = st.pp.select_hvgs(train, 50)
+    genes = st.pp.select_hvgs(train, args.head_genes)
+    base = st.load_model(args.model)
+    st.models.set_stain_normalization(base, True)
+    size0 = base.config.image_size
+    fov0 = base.config.patch_fov_um(100.0)  # HER2ST's spot diameter: the geometry the heads are fitted at
+    um_px = fov0 / size0
+    fitted, res = {}, {}
+    for name, (hi, ee) in {"A": ("centre", args.encoder_epochs), "B": ("spot", 0)}.items():
+        fitted[name] = st.tl.fit_expression_head(train, base, genes=genes, seed=args.seed, head_input=hi,
+                                                 encoder_epochs=ee, show_progress=False)
+    for fov in args.fov:
+        for how, size in (("as_now", size0), ("trained_um_px", int(round(fov / um_px)))):
+            for name, m in fitted.items():
+                m.config.fov_um, m.config.image_size = float(fov), size
+                try:
+                    r = _median_r(m, val, genes50)
+                finally:
+                    m.config.fov_um, m.config.image_size = None, size0
+                res[f"{name}|{fov:g}um|{size}px|{how}"] = round(r, 4)
+    print(json.dumps({"model": args.model, "train": _train(), "val": VAL, "head_genes": args.head_genes,
+                      "seed": args.seed, "trained_fov_um": fov0, "trained_um_per_px": round(um_px, 4),
+                      "median_r": res}), flush=True)
+
+
 def imagenet(args) -> None:
     """Design experiment 26: the spot-token head (arm B of ``readouts``) on a frozen ImageNet backbone
     (``scripts/imagenet_backbone.py``: EfficientNet-Lite0 from a PyPI wheel), 200 µm patches at each
@@ -386,6 +424,13 @@ def main() -> None:
     o.add_argument("--window-radius", type=float, default=None,
                    help="the model's window_radius for every arm (default: as the model has it)")
     o.add_argument("--threads", type=int, default=2)
+    sc = sub.add_parser("scale", help="investigation 40: patch pixel size on platforms with smaller spots")
+    sc.add_argument("--model", required=True)
+    sc.add_argument("--fov", type=float, nargs="+", default=[200.0, 110.0, 64.0],
+                    help="fields of view (µm): the trained one, a 55 µm Visium spot's and a cell's under fov_scale 2")
+    sc.add_argument("--head-genes", type=int, default=50)
+    sc.add_argument("--encoder-epochs", type=int, default=10)
+    sc.add_argument("--threads", type=int, default=2)
     t = sub.add_parser("adapt", help="design experiment 19: continued pretraining on the slide before domains")
     t.add_argument("--slides", nargs="+", default=["dlpfc:151674", "dlpfc:151675"])
     t.add_argument("--model", default="default")
@@ -412,12 +457,12 @@ def main() -> None:
     d = sub.add_parser("decoder")
     d.add_argument("--ckpt", required=True, help="a pretraining run's checkpoints/last.ckpt")
     d.add_argument("--tta", action="store_true")
-    for p in (c, s, n, o, i):
+    for p in (c, s, n, o, i, sc):
         p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     VAL = args.val
     torch.set_num_threads(getattr(args, "threads", 2))
-    {"cnn": cnn, "storm": storm, "decoder": decoder, "stain": stain, "readouts": readouts,
+    {"cnn": cnn, "storm": storm, "decoder": decoder, "stain": stain, "readouts": readouts, "scale": scale,
      "imagenet": imagenet, "adapt": adapt, "vocab": vocab}[args.what](args)
 
 
