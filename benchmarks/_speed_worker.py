@@ -125,7 +125,7 @@ def breakdown(model, a, batch_size: int, naive_batch: int = 64, device="cpu") ->
         for b in range(0, s.n, batch_size):
             rows = np.arange(b, min(b + batch_size, s.n))
             with T("patch reading"):  # includes the host -> device copy on a GPU
-                p = torch.from_numpy(s.read_patches(rows, model.config.image_size)).permute(0, 3, 1, 2).to(dev)
+                p = torch.from_numpy(s.read_patches(rows)).permute(0, 3, 1, 2).to(dev)
             with T("H&E backbone"):
                 f = model.he_encoder(p)
             with T("H&E projection + gene encoder"):
@@ -149,7 +149,7 @@ def breakdown(model, a, batch_size: int, naive_batch: int = 64, device="cpu") ->
         n_patch = int(valid.sum())
         sync()
         t0 = time.perf_counter()
-        pn = torch.from_numpy(s.read_patches(w[valid], model.config.image_size)).permute(0, 3, 1, 2).to(dev)
+        pn = torch.from_numpy(s.read_patches(w[valid])).permute(0, 3, 1, 2).to(dev)
         sync()
         t_read = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -195,13 +195,13 @@ def train_steps(model, a, windows: int = 8, contiguous: bool = False, steps: int
     from storm_st.train import StormPretraining
 
     cfg = model.config
-    slides = prepare_slides(a, cfg, use_he=True, use_gene=True, cache_patches=cfg.image_size)
+    slides = prepare_slides(a, cfg, use_he=True, use_gene=True, cache_patches=True)
     dev, sync, amp = _device_tools(device)
     module = StormPretraining(cfg.to_dict(), max_steps=steps, warmup_steps=1).to(dev)
     opt = module.configure_optimizers()["optimizer"]
     module.train()
     times, spots = [], []
-    batches = WindowSampler(slides, windows=windows, steps=steps, patch_size=cfg.image_size, contiguous=contiguous)
+    batches = WindowSampler(slides, windows=windows, steps=steps, contiguous=contiguous)
     for i, batch in enumerate(batches):
         sync()
         t0 = time.perf_counter()  # includes the host -> device copy of the batch

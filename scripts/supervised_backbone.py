@@ -43,9 +43,9 @@ from storm_st.train._runner import load_config
 def _patches_and_targets(slides, cfg: StormConfig, genes: list[str]):
     P, Y = [], []
     for a in slides:
-        s = prepare_slides(a, cfg, use_he=True, use_gene=False, cache_patches=cfg.image_size)[0]
+        s = prepare_slides(a, cfg, use_he=True, use_gene=False, cache_patches=True)[0]
         rows = s.obs_indices
-        P.append(s.read_patches(np.arange(s.n), cfg.image_size))
+        P.append(s.read_patches(np.arange(s.n)))
         Y.append(st.pp.expression_input(a, st.pp.align_genes(a, genes))[rows])
     return np.concatenate(P), np.concatenate(Y).astype(np.float32)
 
@@ -69,7 +69,7 @@ def _midpoints(slides, cfg: StormConfig, genes: list[str], offset: int = 0):
         pairs = np.array(sorted(cKDTree(xy).query_pairs(1.2 * s.pitch_um)), dtype=np.int64).reshape(-1, 2)
         mid = replace(s.view, coords_px=(s.view.coords_px[pairs[:, 0]] + s.view.coords_px[pairs[:, 1]]) / 2.0,
                       obs_indices=np.arange(len(pairs)))
-        x = extract_patches(mid, fov_um=s.fov_um, size=cfg.image_size)
+        x = extract_patches(mid, fov_um=s.fov_um, size=s.patch_px)
         P.append(x if s.stains is None else normalize_stains(x, *s.stains))
         y = st.pp.expression_input(a, st.pp.align_genes(a, genes))[s.obs_indices]
         Y.append((y[pairs[:, 0]] + y[pairs[:, 1]]) / 2.0)

@@ -8,7 +8,7 @@ from _helpers import GENES, synthetic_slide, tiny_config, tiny_model
 
 import storm_st as st
 from storm_st.data import make_batch, prepare_slides
-from storm_st.models import StormModel, alibi_bias, alibi_slopes, from_pretrained, save_pretrained
+from storm_st.models import StormConfig, StormModel, alibi_bias, alibi_slopes, from_pretrained, save_pretrained
 
 
 def test_alibi_slopes_and_bias_values():
@@ -287,3 +287,41 @@ def test_gene_encoder_reads_an_obsm_embedding(tmp_path):
     with pytest.raises(KeyError, match="novae_embeddings"):
         st.tl.embed(before.copy(), tiny_model(gene_input="obsm:novae_latent", gene_input_dim=8), modalities="st",
                     show_progress=False)
+
+
+def test_patch_mpp_reads_every_platform_at_one_pixel_size():
+    """patch_mpp fixes the pixel size: a patch's side follows its field; None keeps image_size px for every field."""
+    plain, fixed = tiny_config(), tiny_config(patch_mpp=2.75)
+    assert plain.patch_px(110.0) == plain.patch_px(200.0) == 32
+    assert fixed.patch_px(110.0) == 40 and fixed.patch_px(220.0) == 80
+    assert fixed.patch_px(10.0) == 32  # never below MIN_PATCH_PX
+    assert StormConfig.from_dict(fixed.to_dict()).patch_mpp == 2.75
+    for bad in (0, -1.0, True, "2.5"):
+        with pytest.raises(ValueError, match="patch_mpp must be a positive number"):
+            tiny_config(patch_mpp=bad)
+    a = synthetic_slide(mpp=2.0)  # 55 µm spots; fov_scale 2 -> a 110 µm field
+    s_fixed = prepare_slides(a, tiny_config(patch_mpp=2.75, fov_scale=2.0), use_he=True, use_gene=False)[0]
+    s_plain = prepare_slides(a, tiny_config(fov_scale=2.0), use_he=True, use_gene=False)[0]
+    assert s_fixed.patch_px == 40 and s_plain.patch_px == 32
+    rows = np.arange(5)
+    assert s_fixed.read_patches(rows).shape == (5, 40, 40, 3)
+    np.testing.assert_array_equal(s_fixed.read_patches(rows), st.pp.extract_patches(s_fixed.view, rows, fov_um=110.0, size=40))
+    cached = prepare_slides(a, tiny_config(patch_mpp=2.75, fov_scale=2.0), use_he=True, use_gene=False, cache_patches=True)[0]
+    assert cached.patches.shape[1] == 40
+
+
+def test_patch_mpp_reaches_the_backbone_at_inference():
+    """A model with patch_mpp embeds exactly like the same weights told to read patches of that side."""
+    torch.manual_seed(0)
+    m = tiny_model(patch_mpp=2.75, fov_scale=2.0)
+    same = StormModel(tiny_config(image_size=40, fov_scale=2.0)).eval()
+    same.load_state_dict(m.state_dict())
+    other = StormModel(tiny_config(fov_scale=2.0)).eval()  # 32 px: a different input
+    other.load_state_dict(m.state_dict())
+    out = {}
+    for name, model in (("fixed", m), ("same", same), ("other", other)):
+        a = synthetic_slide(mpp=2.0)
+        st.tl.embed(a, model, modalities="he", show_progress=False)
+        out[name] = a.obsm["X_storm"]
+    np.testing.assert_allclose(out["fixed"], out["same"], rtol=0, atol=1e-6)
+    assert not np.allclose(out["fixed"], out["other"], atol=1e-3)

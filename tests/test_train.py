@@ -556,3 +556,22 @@ def test_pretrain_from_objects_in_memory(tmp_path):
         assert torch.equal(v, weights[k])
     assert np.array_equal(demo.X.toarray(), before.X.toarray()) and demo.obs.equals(before.obs)
     assert list(demo.obsm) == list(before.obsm) and list(demo.uns) == list(before.uns) and list(demo.layers) == list(before.layers)
+
+
+def test_pretraining_reads_patches_at_patch_mpp(tmp_path, monkeypatch):
+    """model.patch_mpp: pretraining caches and augments each slide's patches at field / patch_mpp px."""
+    from storm_st.cli import main
+    from storm_st.models import from_pretrained
+    from storm_st.train import _pretrain
+
+    st.datasets.demo().write_h5ad(tmp_path / "demo.h5ad")  # legacy ST: 100 µm spots, tiny_config's fov_scale 1
+    cfg = _write_cfg(tmp_path, tmp_path / "run", 2)
+    sizes = []
+    real = _pretrain.augment
+    monkeypatch.setattr(_pretrain, "augment", lambda x, size, **kw: sizes.append((x.shape[-1], size)) or real(x, size, **kw))
+    assert main(["pretrain", "--config", str(cfg), "--set", "model.patch_mpp=2.5"]) == 0
+    assert sizes and set(sizes) == {(40, 40)}  # 100 µm / 2.5 µm/px, not image_size (32)
+    assert from_pretrained(tmp_path / "run" / "model").config.patch_mpp == 2.5
+    with pytest.raises(ValueError, match="cache_patch_size cannot be combined with model.patch_mpp"):
+        main(["pretrain", "--config", str(cfg), "--set", "model.patch_mpp=2.5", "--set", "data.cache_patch_size=48",
+              "--set", f"output={tmp_path / 'run2'}"])

@@ -74,7 +74,6 @@ def encode_slide(
         Optional callable ``progress(n_done)`` advanced per batch.
     """
     device = torch.device(device)
-    cfg = model.config
     tables: dict[str, torch.Tensor] = {}
     available: dict[str, torch.Tensor] = {}
     he_feats = gene_toks = None
@@ -86,7 +85,7 @@ def encode_slide(
         he_table = he_feats = None
         for s in range(0, n, batch_size):
             rows = np.arange(s, min(s + batch_size, n))
-            p = torch.from_numpy(slide.read_patches(rows, cfg.image_size)).permute(0, 3, 1, 2).to(device)
+            p = torch.from_numpy(slide.read_patches(rows)).permute(0, 3, 1, 2).to(device)
             p = _d4(p, *d4)
             with autocast:
                 f, t = model.encode_he(p)

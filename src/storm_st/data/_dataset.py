@@ -49,6 +49,8 @@ class PreparedSlide:
         Optional cache ``(n, S, S, 3)`` uint8 of spot patches.
     fov_um
         Field of view of the patches in µm.
+    patch_px
+        Side of the patches the backbone reads, in pixels (``config.patch_px(fov_um)``).
     gene_feats
         ``(n, D)`` float32 per-spot embedding read by a model whose ``gene_input`` names an
         ``obsm`` key (e.g. NOVAE), or ``None``.
@@ -68,6 +70,7 @@ class PreparedSlide:
     patches: np.ndarray | None
     fov_um: float
     gene_feats: np.ndarray | None = None
+    patch_px: int = 0
     stains: tuple[StainParams, StainParams] | None = None
 
     @property
@@ -85,11 +88,14 @@ class PreparedSlide:
         """Whether expression is available."""
         return self.expr is not None
 
-    def read_patches(self, rows: np.ndarray, size: int) -> np.ndarray:
-        """``(len(rows), size, size, 3)`` uint8 patches of ``rows``.
+    def read_patches(self, rows: np.ndarray, size: int | None = None) -> np.ndarray:
+        """``(len(rows), size, size, 3)`` uint8 patches of ``rows`` (``size`` default: ``patch_px``).
 
         From the cache if present; stain-normalised when ``stains`` is set.
         """
+        size = int(size or self.patch_px)
+        if size < 1:
+            raise ValueError(f"No patch size for slide {self.library_id!r}: pass size or set patch_px.")
         if self.patches is not None and self.patches.shape[1] == size:
             return self.patches[rows]  # normalised when cached
         if self.view is None or not self.view.has_image:
@@ -117,7 +123,7 @@ def prepare_slides(
     library_key: str | None = None,
     layer: str | None = None,
     window: int | None = None,
-    cache_patches: int | None = None,
+    cache_patches: int | bool | None = None,
     min_gene_overlap: int = 1,
 ) -> list[PreparedSlide]:
     """Turn ``adata`` (one or several slides) into :class:`PreparedSlide` objects.
@@ -137,7 +143,8 @@ def prepare_slides(
     window
         Window size; default 25 for spot platforms and 9 for cell-level platforms.
     cache_patches
-        If given, read all patches once at this size and keep them in memory (training).
+        If given, read all patches once and keep them in memory (training): at this size, or with ``True`` at
+        each slide's own patch size (``config.patch_px``).
     min_gene_overlap
         Minimum number of vocabulary genes that must be measured.
     """
@@ -176,12 +183,13 @@ def prepare_slides(
             present=present,
             patches=None,
             fov_um=float(fov),
+            patch_px=config.patch_px(fov),
             gene_feats=feats_all[view.obs_indices] if feats_all is not None else None,
         )
         if reference is not None and view.has_image:  # reference is None unless use_he
             ps.stains = (slide_stains(view, ps.fov_um), reference)
-        if use_he and cache_patches:
-            ps.patches = ps.read_patches(np.arange(ps.n), cache_patches)
+        if use_he and cache_patches:  # True: at the slide's own patch size
+            ps.patches = ps.read_patches(np.arange(ps.n), None if cache_patches is True else cache_patches)
         out.append(ps)
     if not out:
         raise ValueError("adata has no spots to embed.")
@@ -276,7 +284,7 @@ def make_batch(
     he = use_he and slide.has_he
     ge = use_gene and slide.has_gene
     if he:
-        size = patch_size or image_size
+        size = patch_size or image_size  # None: the slide's own patch size
         patches = torch.from_numpy(slide.read_patches(uniq, size)).permute(0, 3, 1, 2).contiguous()
     if ge:
         expr = torch.from_numpy(slide.expr[uniq])
@@ -342,6 +350,9 @@ class WindowSampler(torch.utils.data.IterableDataset):
 
     Under DDP (``torch.distributed`` initialised, as Lightning does before iterating) each process draws
     different windows for the same step, so ``n`` processes see ``n`` times the windows of one.
+
+    ``patch_size`` is the side patches are read at; ``None`` (default) reads each slide's own
+    (:attr:`PreparedSlide.patch_px`).
     """
 
     def __init__(
@@ -350,7 +361,7 @@ class WindowSampler(torch.utils.data.IterableDataset):
         *,
         windows: int,
         steps: int,
-        patch_size: int,
+        patch_size: int | None = None,
         use_he: bool = True,
         use_gene: bool = True,
         seed: int = 0,
@@ -412,9 +423,12 @@ class WindowSampler(torch.utils.data.IterableDataset):
 
 
 def iter_slide_batches(
-    slide: PreparedSlide, *, batch_size: int, image_size: int, use_he: bool, use_gene: bool
+    slide: PreparedSlide, *, batch_size: int, use_he: bool, use_gene: bool, image_size: int | None = None
 ) -> Iterator[SpotBatch]:
-    """Deterministic batches covering every spot of ``slide`` once as a centre (inference)."""
+    """Deterministic batches covering every spot of ``slide`` once as a centre (inference).
+
+    Patches are ``image_size`` px, or with ``None`` (default) the slide's own ``patch_px``.
+    """
     for s in range(0, slide.n, batch_size):
         centres = np.arange(s, min(s + batch_size, slide.n))
         yield make_batch(slide, centres, image_size=image_size, use_he=use_he, use_gene=use_gene)

@@ -50,7 +50,7 @@ def _image_too_coarse(view, model: StormModel | None) -> bool:
     if model is None or not view.has_image or not np.isfinite(view.mpp):
         return False
     fov = model.config.patch_fov_um(view.spot_diameter_um, cell_level=view.platform in Platform.CELL_LEVEL)
-    need = fov / model.config.image_size
+    need = fov / model.config.patch_px(fov)
     return min(lv.mpp for lv in view.levels) > MAX_UPSAMPLING * need
 
 

@@ -184,7 +184,7 @@ def fit_expression_head(
     prepared = []  # (slides, targets, masks) per AnnData, reused by the fine-tuning stage
     target_smoothing: list[float] = []  # weight used on each slide
     tuning: dict[str, list] = {"tokens": [], "windows": [], "y": [], "m": []}  # per slide and transform
-    cache = base.config.image_size if finetune_epochs > 0 else None
+    cache = finetune_epochs > 0 or None  # each slide's own patch size
     for a in adatas:
         if a.n_vars == 0:
             raise ValueError("A training slide has no genes; fit_expression_head needs measured expression.")

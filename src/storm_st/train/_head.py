@@ -332,7 +332,6 @@ def finetune_with_head(
     history = []
     rng = np.random.default_rng(seed)
     step = 0
-    size = model.config.image_size
     for _ in range(epochs):
         tot, n = 0.0, 0
         for i in rng.permutation(per_epoch):
@@ -342,7 +341,7 @@ def finetune_with_head(
                 g["lr"] = g["base_lr"] * f
             rows, nb, rp = crop_windows(s.neighbors, s.rel_pos, crop_spots, rng)
             x = torch.from_numpy(s.patches[rows]).permute(0, 3, 1, 2).to(device)
-            x = augment(x, size, crop_scale=crop_scale, jitter=jitter)
+            x = augment(x, s.patches.shape[1], crop_scale=crop_scale, jitter=jitter)
             _, tok = model.encode_he(x)
             avail = {"he": torch.ones(len(rows), dtype=torch.bool, device=device)}
             emb = model({"he": tok}, avail, torch.from_numpy(nb).to(device), torch.from_numpy(rp).to(device))

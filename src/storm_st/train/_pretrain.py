@@ -148,19 +148,21 @@ class StormPretraining(L.LightningModule):
         target = None
         if batch.patches is not None:
             x = batch.patches
+            # the backbone's input side: image_size, or with patch_mpp each slide's own (as cached, config.patch_px)
+            size = cfg.image_size if cfg.patch_mpp is None else x.shape[-1]
             if train:
                 x = augment(
-                    x, cfg.image_size, crop_scale=tuple(self.hparams.crop_scale), jitter=self.hparams.jitter,
+                    x, size, crop_scale=tuple(self.hparams.crop_scale), jitter=self.hparams.jitter,
                     stain=self.hparams.stain_jitter,
                 )
-            elif x.shape[-1] != cfg.image_size:
-                x = F.interpolate(x.float(), size=cfg.image_size, mode="bilinear", antialias=True)
+            elif x.shape[-1] != size:
+                x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True)
             _, tables["he"] = self.model.encode_he(x)
             available["he"] = batch.has_he
             with torch.no_grad():
                 t_in = batch.patches
-                if t_in.shape[-1] != cfg.image_size:
-                    t_in = F.interpolate(t_in.float(), size=cfg.image_size, mode="bilinear", antialias=True)
+                if t_in.shape[-1] != size:
+                    t_in = F.interpolate(t_in.float(), size=size, mode="bilinear", antialias=True)
                 self.teacher.eval()
                 target = F.layer_norm(self.teacher(t_in).float(), (self.model.he_encoder.out_dim,))
         if batch.expr is not None:

@@ -293,10 +293,15 @@ def pretrain(
         model_kw["stain_reference"] = training_stains
     model_cfg = StormConfig(**model_kw)
     slides, slide_weights = [], []
-    cache = cfg["data"]["cache_patch_size"] or model_cfg.image_size
+    if cfg["data"]["cache_patch_size"] and model_cfg.patch_mpp is not None:
+        raise ValueError(
+            "data.cache_patch_size cannot be combined with model.patch_mpp: patches are then cached at each slide's "
+            "own size (field / patch_mpp). Remove one of them."
+        )
+    cache_size = cfg["data"]["cache_patch_size"]  # None: each slide's own patch size (config.patch_px)
     for a, use, w, kw in zip(adatas, uses, weights, prep_kw, strict=True):
         prepared = prepare_slides(
-            a, model_cfg, use_he="he" in use, use_gene="st" in use, cache_patches=cache if "he" in use else None, **kw
+            a, model_cfg, use_he="he" in use, use_gene="st" in use, cache_patches=(cache_size or True) if "he" in use else None, **kw
         )
         slides += prepared
         slide_weights += [w] * len(prepared)
@@ -305,7 +310,7 @@ def pretrain(
     acc = int(tr["accumulate_grad_batches"])
     steps = int(cfg["training"]["max_steps"])
     data_seed = int(tr["seed"] if tr["data_seed"] is None else tr["data_seed"])
-    sampler = WindowSampler(slides, windows=cfg["data"]["windows_per_batch"], steps=steps * acc, patch_size=cache, seed=data_seed,
+    sampler = WindowSampler(slides, windows=cfg["data"]["windows_per_batch"], steps=steps * acc, patch_size=cache_size, seed=data_seed,
         paired_fraction=cfg["data"]["paired_fraction"], contiguous=cfg["data"]["contiguous"], weights=slide_weights,
     )
     ckpt_dir = out / "checkpoints"
