@@ -301,7 +301,8 @@ def tiling(args) -> None:
     truth = val.copy()
     res = {"at measured spots": round(_median_r(m, val, genes50), 4)}
     image = data_dir() / "her2st" / "images" / f"{VAL}.jpg"
-    trained_mpp = m.config.patch_mpp
+    own_mpp = m.config.patch_mpp  # validation models built before experiment 41 have none: their trained pixel size is
+    trained_mpp = own_mpp or m.config.patch_fov_um(100.0) / m.config.image_size  # the legacy-ST field / image_size
     for name, (spot, pitch, lattice, pmpp) in {
         "legacy ST tiling (100 µm, 200 µm square)": (100.0, 200.0, "square", trained_mpp),
         "Visium tiling (55 µm, 100 µm hex), patch_mpp": (55.0, 100.0, "hex", trained_mpp),
@@ -312,7 +313,7 @@ def tiling(args) -> None:
         try:
             virtual = st.tl.impute_expression(he, m, genes=genes50, show_progress=False)
         finally:
-            m.config.patch_mpp = trained_mpp
+            m.config.patch_mpp = own_mpp
         tiles_um = np.asarray(he.obsm["spatial"], dtype=np.float64) * mpp
         tree = cKDTree(tiles_um)
         X = np.asarray(virtual.X, dtype=np.float64)
