@@ -325,3 +325,17 @@ def test_patch_mpp_reaches_the_backbone_at_inference():
         out[name] = a.obsm["X_storm"]
     np.testing.assert_allclose(out["fixed"], out["same"], rtol=0, atol=1e-6)
     assert not np.allclose(out["fixed"], out["other"], atol=1e-3)
+
+
+def test_patch_geometry_is_recorded_in_provenance(tmp_path):
+    """uns['storm'] / uns['storm_virtual'] say at which field, side and pixel size each slide's patches were read."""
+    m = tiny_model(patch_mpp=2.75, fov_scale=2.0)
+    a = synthetic_slide(mpp=2.0)
+    st.tl.embed(a, m, show_progress=False)
+    assert a.uns["storm"]["patches"] == {"s1": {"field_um": 110.0, "px": 40, "um_per_px": 2.75}}
+    a.write_h5ad(tmp_path / "a.h5ad")  # provenance stays writable
+    st.tl.embed(a, m, modalities="st", show_progress=False)
+    assert "patches" not in a.uns["storm"]  # no H&E read
+    fitted = st.tl.fit_expression_head([synthetic_slide(mpp=2.0)], m, genes=GENES[:5], epochs=1, show_progress=False)
+    virtual = st.tl.impute_expression(synthetic_slide(mpp=2.0, seed=1)[:, :0].copy(), fitted, show_progress=False)
+    assert virtual.uns["storm_virtual"]["patches"]["s1"]["px"] == 40

@@ -174,7 +174,8 @@ def encode_adata(
 ) -> dict[str, np.ndarray]:
     """Encode every spot of ``adata`` (all slides); arrays in ``obs`` order.
 
-    With ``tta`` the H&E embedding is averaged over the 8 flips / 90° rotations of every patch.
+    With ``tta`` the H&E embedding is averaged over the 8 flips / 90° rotations of every patch. With H&E, ``"patches"``
+    holds each slide's patch geometry as read (:func:`patch_geometry`).
     """
     from tqdm.auto import tqdm
 
@@ -184,6 +185,8 @@ def encode_adata(
     model = model.to(dev).eval()
     transforms = D4 if (tta and use_he) else [(0, False)]
     out: dict[str, np.ndarray] = {}
+    if use_he:
+        out["patches"] = patch_geometry(slides)
     with tqdm(total=adata.n_obs * len(transforms), desc="storm embed", disable=not show_progress, unit="spot") as bar:
         for slide in slides:
             acc = None
@@ -215,6 +218,15 @@ def encode_adata(
             nb = np.where(slide.neighbors >= 0, slide.obs_indices[np.clip(slide.neighbors, 0, None)], -1)
             out["neighbors"][slide.obs_indices, : nb.shape[1]] = nb
     return out
+
+
+def patch_geometry(slides) -> dict[str, dict[str, float]]:
+    """Field (µm), side (px) and pixel size (µm/px) of the H&E patches of each prepared slide, for provenance."""
+    return {
+        s.library_id: {"field_um": round(float(s.fov_um), 3), "px": int(s.patch_px),
+                       "um_per_px": round(float(s.fov_um) / int(s.patch_px), 4)}
+        for s in slides
+    }
 
 
 def _add(a, b):

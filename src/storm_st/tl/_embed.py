@@ -82,8 +82,8 @@ def embed(
     - ``obsm['X_storm_he']``: H&E backbone features of each spot (when H&E is used);
     - ``obsm['X_storm_gene']``: gene-encoder tokens of each spot (when expression is used);
     - ``obsm['storm_neighbors']``: the neighbour windows used (``-1`` = padding);
-    - ``uns['storm']``: provenance (model name and checkpoint hash, modalities, parameters, version, and with
-      expression the share of the model's gene vocabulary measured on the slide, ``vocab_coverage``: below 25 % a
+    - ``uns['storm']``: provenance (model name and checkpoint hash, modalities, parameters, version; with H&E the
+      field, side and pixel size of each slide's patches, ``patches``; and with expression the share of the model's gene vocabulary measured on the slide, ``vocab_coverage``: below 25 % a
       warning says the embedding rests on few genes).
     """
     from storm_st import __version__
@@ -113,6 +113,7 @@ def embed(
         "model_sha256": model_hash(model) or "",
         "modalities": "+".join(m for m, u in (("he", use_he), ("st", use_gene)) if u),
         "stain_normalized": use_he and model.config.stain_reference is not None,
+        **({"patches": out["patches"]} if use_he else {}),
         **({"vocab_coverage": coverage} if coverage is not None else {}),
         "key_added": key_added,
         "params": {"library_key": library_key or "", "layer": layer or "", "tta": tta, "batch_size": batch_size},

@@ -375,6 +375,9 @@ def impute_expression(
     - otherwise (e.g. H&E-only input, or a different gene panel) ``adata`` is left untouched and a
       **new AnnData** of virtual expression is returned, aligned to the spots (same ``obs_names``,
       ``obs``, ``obsm['spatial']`` and ``uns['spatial']``), with ``var_names`` = the predicted genes.
+
+    Either way ``uns[key_added]`` holds the provenance: model and checkpoint hash, TTA, smoothing, stain
+    normalisation and each slide's patch geometry as read (``patches``: field in µm, side in px, µm/px).
     """
     import anndata as ad_mod
 
@@ -425,6 +428,7 @@ def impute_expression(
         "tta": tta,
         "smooth": smooth,
         "stain_normalized": model.config.stain_reference is not None,
+        "patches": out["patches"],
         "units": "log1p(counts per 10k)",
         "version": __version__,
     }
