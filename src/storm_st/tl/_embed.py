@@ -83,8 +83,9 @@ def embed(
     - ``obsm['X_storm_gene']``: gene-encoder tokens of each spot (when expression is used);
     - ``obsm['storm_neighbors']``: the neighbour windows used (``-1`` = padding);
     - ``uns['storm']``: provenance (model name and checkpoint hash, modalities, parameters, version; with H&E the
-      field, side and pixel size of each slide's patches, ``patches``; and with expression the share of the model's gene vocabulary measured on the slide, ``vocab_coverage``: below 25 % a
-      warning says the embedding rests on few genes).
+      field, side and pixel size of each slide's patches, ``patches``; with expression the share of the model's
+      gene vocabulary measured on the slide, ``vocab_coverage``: below 25 % a warning says the embedding rests on
+      few genes).
     """
     from storm_st import __version__
 
