@@ -50,11 +50,11 @@ def _patches_and_targets(slides, cfg: StormConfig, genes: list[str]):
     return np.concatenate(P), np.concatenate(Y).astype(np.float32)
 
 
-def _midpoints(slides, cfg: StormConfig, genes: list[str], offset: int = 0):
+def _midpoints(slides, cfg: StormConfig, Y: np.ndarray):
     """Patches centred midway between lattice neighbours (≤ 1.2 pitches apart) and the mean of their targets.
 
-    Returns the patches, targets, and for each midpoint the two training rows it joins (rows of the
-    concatenated spot arrays of ``_patches_and_targets``, which shift by each slide's spot count).
+    ``Y``: the spot targets of ``_patches_and_targets`` on the same slides. Returns the patches, targets, and for
+    each midpoint the two rows of ``Y`` it joins (rows shift by each slide's spot count).
     """
     from dataclasses import replace
 
@@ -62,20 +62,18 @@ def _midpoints(slides, cfg: StormConfig, genes: list[str], offset: int = 0):
 
     from storm_st.pp import extract_patches, normalize_stains
 
-    P, Y, E = [], [], []
+    P, E, offset = [], [], 0
     for a in slides:
         s = prepare_slides(a, cfg, use_he=True, use_gene=False)[0]
-        xy = s.view.coords_um
-        pairs = np.array(sorted(cKDTree(xy).query_pairs(1.2 * s.pitch_um)), dtype=np.int64).reshape(-1, 2)
+        pairs = np.array(sorted(cKDTree(s.view.coords_um).query_pairs(1.2 * s.pitch_um)), dtype=np.int64).reshape(-1, 2)
         mid = replace(s.view, coords_px=(s.view.coords_px[pairs[:, 0]] + s.view.coords_px[pairs[:, 1]]) / 2.0,
                       obs_indices=np.arange(len(pairs)))
         x = extract_patches(mid, fov_um=s.fov_um, size=s.patch_px)
         P.append(x if s.stains is None else normalize_stains(x, *s.stains))
-        y = st.pp.expression_input(a, st.pp.align_genes(a, genes))[s.obs_indices]
-        Y.append((y[pairs[:, 0]] + y[pairs[:, 1]]) / 2.0)
         E.append(pairs + offset)
         offset += s.n
-    return np.concatenate(P), np.concatenate(Y).astype(np.float32), np.concatenate(E)
+    E = np.concatenate(E)
+    return np.concatenate(P), (Y[E[:, 0]] + Y[E[:, 1]]) / 2.0, E
 
 
 def train(
@@ -189,7 +187,7 @@ def main(argv=None) -> int:
     print(f"{len(P)} training spots, {len(genes)} target genes, patches {P.shape[1]} px", flush=True)
     if not 0.0 <= a.midpoints <= 1.0:
         raise SystemExit(f"--midpoints is a probability in [0, 1], got {a.midpoints}")
-    mids = _midpoints(train_slides, cfg, genes) if a.midpoints > 0 else None
+    mids = _midpoints(train_slides, cfg, Y) if a.midpoints > 0 else None
     if mids is not None:
         print(f"{len(mids[0])} midpoint patches", flush=True)
     enc, head, info = train(
