@@ -42,6 +42,15 @@ def _data():
     return train, st.datasets.her2st(VAL)
 
 
+def _fold(args):
+    """The fold's training slides, held-out slide, top-50 and head gene lists, and ``args.model`` with stains normalised
+    (as the shipped head recipe reads them)."""
+    train, val = _data()
+    base = st.load_model(args.model)
+    st.models.set_stain_normalization(base, True)
+    return train, val, st.pp.select_hvgs(train, 50), st.pp.select_hvgs(train, args.head_genes), base
+
+
 def _median_r(model, slide, genes: list[str]) -> float:
     """Median gene-wise Pearson r of ``model``'s H&E-only predictions of ``genes`` on a copy of ``slide``."""
     v = slide.copy()
@@ -178,11 +187,7 @@ def readouts(args) -> None:
     import anndata
     import pandas as pd
 
-    train, val = _data()
-    genes50 = st.pp.select_hvgs(train, 50)
-    genes = st.pp.select_hvgs(train, args.head_genes)
-    base = st.load_model(args.model)
-    st.models.set_stain_normalization(base, True)
+    train, val, genes50, genes, base = _fold(args)
     if args.window_radius is not None:  # design experiment 33: windows for head fitting, tuning and prediction
         base.config.window_radius = args.window_radius
     arms = {"A": ("centre", args.encoder_epochs, "centre", 0.0), "B": ("spot", 0, "centre", 0.0),
@@ -245,11 +250,7 @@ def scale(args) -> None:
     the section's own: only the patches change."""
     import json
 
-    train, val = _data()
-    genes50 = st.pp.select_hvgs(train, 50)
-    genes = st.pp.select_hvgs(train, args.head_genes)
-    base = st.load_model(args.model)
-    st.models.set_stain_normalization(base, True)
+    train, val, genes50, genes, base = _fold(args)
     size0 = base.config.image_size
     fov0 = base.config.patch_fov_um(100.0)  # HER2ST's spot diameter: the geometry the heads are fitted at
     um_px = fov0 / size0
@@ -288,11 +289,7 @@ def tiling(args) -> None:
 
     from storm_st._utils import data_dir
 
-    train, val = _data()
-    genes50 = st.pp.select_hvgs(train, 50)
-    genes = st.pp.select_hvgs(train, args.head_genes)
-    base = st.load_model(args.model)
-    st.models.set_stain_normalization(base, True)
+    train, val, genes50, genes, base = _fold(args)
     m = st.tl.fit_expression_head(train, base, genes=genes, seed=args.seed, head_input="centre",
                                   encoder_epochs=args.encoder_epochs, show_progress=False)
     lib = st.io.library_ids(val)[0]
