@@ -85,11 +85,12 @@ def _spot_tokens(model, adatas, transforms):
     return out
 
 
-def _spot_token_head(model, train, tokens_tr, tokens_te, genes, seed):
+def _spot_token_head(model, train, tokens_tr, tokens_te, genes, seed, layer=None):
     """Issue 4's ablation (b): the package's expression head, fitted and applied as ``tl.fit_expression_head`` /
     ``tl.impute_expression`` do (D4 x 8 training copies, lr 5e-4, 10 epochs, the same neighbour-smoothed targets;
     8-fold TTA averaging the input of the head; predictions clipped at 0), but on each spot's own H&E token instead of the spatial encoder's output.
-    ``tokens_tr`` / ``tokens_te``: :func:`_spot_tokens` of the training / test slides over the D4 transforms."""
+    ``tokens_tr`` / ``tokens_te``: :func:`_spot_tokens` of the training / test slides over the D4 transforms; ``layer``:
+    the targets' layer, as ``fit_expression_head``'s."""
     import copy
 
     import torch
@@ -97,7 +98,7 @@ def _spot_token_head(model, train, tokens_tr, tokens_te, genes, seed):
     from storm_st.tl._expression import _smooth_targets, _targets
     from storm_st.train._head import fit_head
 
-    ys, ms = zip(*(_targets(a, genes, None) for a in train), strict=True)
+    ys, ms = zip(*(_targets(a, genes, layer) for a in train), strict=True)
     ys = [_smooth_targets(a, y, None, None)[0] for a, y in zip(train, ys, strict=True)]  # fit_expression_head's default
     m = copy.deepcopy(model)
     hist = fit_head(

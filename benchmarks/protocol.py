@@ -19,12 +19,20 @@ Gene rules (all computed on the training slides only):
 Targets: ``log1p_cp10k`` (the package's :func:`storm_st.pp.expression_input`, library-size normalised) and
 ``log1p_counts`` (no library-size normalisation, as in HEST's benchmark; spot depth, which follows tissue
 density and is visible in H&E, then contributes to every gene's PCC).
+
+``--protocol-methods`` (design investigation 43, report only) also fits, for every rule x scale, the models the
+expression task compares, each trained on that list and scale: ``storm`` (the checkpoint's encoder, a head from
+``tl.fit_expression_head``), ``storm-tuned`` (the shipped recipe: the same with ``encoder_epochs=10``, from the
+pretrained model ``runs/default/model``), ``spot`` (the spot-token head, ablation (b)) and ``cnn`` (the ST-Net-like
+CNN, the quick suite's epochs). Heads reach log1p-count targets through a layer named by the slide's normalisation
+record (``uns['storm_normalization']['layer']``), which :func:`storm_st.pp.expression_input` uses as is.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import hest_ridge, load_split
@@ -36,6 +44,15 @@ log = logging.getLogger("bench")
 RULES = ("seurat_v3", "hest", "variance", "mean")
 TARGETS = ("log1p_cp10k", "log1p_counts")
 MIN_DETECTED = 0.10
+FLOOR = "random-init ViT-S/16 + HEST ridge [floor]"
+METHODS = {
+    "storm": "STORM + expression head",
+    "storm-tuned": "shipped recipe on the list (encoder tuned)",
+    "spot": "spot tokens + expression head (b)",
+    "cnn": "ST-Net-like CNN (from scratch)",
+}
+COUNTS_LAYER = "bench_log1p_counts"
+PRETRAINED = Path(__file__).resolve().parents[1] / "runs" / "default" / "model"
 
 
 def _counts_frame(a):
@@ -91,6 +108,67 @@ def targets(adatas, genes: list[str], scale: str) -> list[np.ndarray]:
     return [np.log1p(_counts_frame(a).reindex(columns=genes, fill_value=0.0).to_numpy()) for a in adatas]
 
 
+def with_scale(adatas, scale: str):
+    """``(slides, layer)`` for fitting a head on ``scale``: the slides themselves for log1p(CP10k); for log1p counts,
+    copies carrying ``log1p`` of their raw counts in a layer that their normalisation record names."""
+    if scale == "log1p_cp10k":
+        return list(adatas), None
+    from storm_st._constants import Keys
+    from storm_st.pp._genes import expression_source
+
+    out = []
+    for a in adatas:
+        b = a.copy()
+        X, already_log = expression_source(b)
+        if already_log:
+            raise ValueError("log1p_counts needs raw counts, but this slide's expression is already log-normalised.")
+        b.layers[COUNTS_LAYER] = X.astype(np.float32).log1p() if hasattr(X, "log1p") else np.log1p(np.asarray(X, dtype=np.float32))
+        b.uns[Keys.NORMALIZATION] = {"layer": COUNTS_LAYER, "target_sum": None, "note": "log1p of raw counts (benchmarks/protocol.py)"}
+        out.append(b)
+    return out, COUNTS_LAYER
+
+
+class _Methods:
+    """The models of ``--protocol-methods``, fitted on one gene list and target scale at a time (shared inputs --
+    models, spot tokens, patches -- computed once)."""
+
+    def __init__(self, which, model_name, train, test, seed):
+        from expression import _spot_tokens, resolve_model
+        from stnet import STNET_FOV_UM, STNET_SIZE
+
+        import storm_st as st
+        from storm_st._inference import D4
+
+        self.which, self.train, self.test, self.seed = list(which), train, test, seed
+        self.model = resolve_model(model_name, train, seed)
+        if "storm-tuned" in self.which and not (PRETRAINED / "config.json").is_file():
+            raise FileNotFoundError(f"storm-tuned refits the shipped recipe from the pretrained model {PRETRAINED}, which is "
+                                    "missing: build it with scripts/build_default_model.py, or leave storm-tuned out.")
+        if "spot" in self.which:
+            self.tokens = _spot_tokens(self.model, train, D4), _spot_tokens(self.model, test, D4)
+        if "cnn" in self.which:
+            self.patches = (np.concatenate([st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in train]),
+                            [st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in test])
+
+    def predict(self, key: str, genes: list[str], scale: str) -> list[np.ndarray]:
+        """Per test slide ``(n_spots, len(genes))`` predictions of method ``key`` trained on ``genes`` at ``scale``."""
+        from expression import _impute, _spot_token_head
+        from stnet import train_predict
+
+        import storm_st as st
+        from storm_st.models import from_pretrained
+
+        if key == "cnn":
+            Ytr = np.concatenate(targets(self.train, genes, scale))
+            return train_predict(self.patches[0], Ytr, self.patches[1], epochs=30, seed=self.seed)[0]  # quick suite's epochs
+        train, layer = with_scale(self.train, scale)
+        if key == "spot":
+            return _spot_token_head(self.model, train, *self.tokens, genes, self.seed, layer=layer)[0]
+        base, extra = (self.model, {}) if key == "storm" else (from_pretrained(PRETRAINED), {"encoder_epochs": 10})
+        m = st.tl.fit_expression_head(train, base, genes=genes, layer=layer, seed=self.seed, show_progress=False, **extra)
+        return _impute(m, self.test, genes)
+
+
 def run(args, suite: str) -> dict:
     from expression import _vit_features
 
@@ -103,25 +181,44 @@ def run(args, suite: str) -> dict:
     timings["ViT-S/16 features"] = time.perf_counter() - t
     Xtr = np.concatenate(Ftr)
     splits = np.cumsum([len(f) for f in Fte])[:-1]
+    which = list(getattr(args, "protocol_methods", None) or [])
+    if which:
+        t = time.perf_counter()
+        methods = _Methods(which, args.model, train, test, args.seed)
+        timings["methods: model, spot tokens, patches"] = time.perf_counter() - t
     gene_lists, rows = {}, []
+
+    def score(method, rule, scale, ys, preds):
+        for name, y, p in zip(names_te, ys, preds, strict=True):
+            r = gene_pcc(y, p)
+            rows.append({"method": method, "rule": rule, "target": scale, "slide": name, "pcc_median": float(np.nanmedian(r)),
+                         "pcc_mean": float(np.nanmean(r)), "n_genes": int(np.isfinite(r).sum())})
+            log.info("%s | %s | %s | %s: median r %.3f", method, rule, scale, name, rows[-1]["pcc_median"])
+
     for rule in RULES:
         t = time.perf_counter()
         genes = select_genes(train, rule, n)
         gene_lists[rule] = genes
         for scale in TARGETS:
+            ys = targets(test, genes, scale)
             Ytr = np.concatenate(targets(train, genes, scale))
             P, _ = hest_ridge(Xtr, Ytr, np.concatenate(Fte), seed=args.seed)
-            for name, y, p in zip(names_te, targets(test, genes, scale), np.split(P, splits), strict=True):
-                r = gene_pcc(y, p)
-                rows.append({"rule": rule, "target": scale, "slide": name, "pcc_median": float(np.nanmedian(r)),
-                             "pcc_mean": float(np.nanmean(r)), "n_genes": int(np.isfinite(r).sum())})
+            score(FLOOR, rule, scale, ys, np.split(P, splits))
         timings[f"genes {rule} + ridge"] = time.perf_counter() - t
+        for key in which:
+            t = time.perf_counter()
+            for scale in TARGETS:
+                score(METHODS[key], rule, scale, targets(test, genes, scale), methods.predict(key, genes, scale))
+            timings[f"{key}, genes {rule}"] = time.perf_counter() - t
     overlap = {f"{a} & {b}": len(set(gene_lists[a]) & set(gene_lists[b])) for i, a in enumerate(RULES) for b in RULES[i + 1 :]}
     return {
         "train": names_tr,
         "test": names_te,
         "n_genes": n,
         "features": f"vit_small_patch16_224 (random init, seed {args.seed}), 224 px of the spot field of view, pooled",
+        "methods": [METHODS[k] for k in which],
+        "model": args.model,
+        "seed": args.seed,
         "rows": rows,
         "gene_lists": gene_lists,
         "overlap": overlap,

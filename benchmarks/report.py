@@ -584,14 +584,30 @@ def section_protocol(res, tag, out):
         f"only the choice of the top-{res['n_genes']} genes (rule, on the training slides) and of the expression scale "
         "of targets and PCC changes (rules and scales: `benchmarks/protocol.py`). Median (mean) gene-wise Pearson r.\n"
     )
-    slides = list(dict.fromkeys(r["slide"] for r in res["rows"]))
+    floor = [r for r in res["rows"] if r.get("method") is None or r["method"].endswith("[floor]")]  # no method: older runs
+    slides = list(dict.fromkeys(r["slide"] for r in floor))
+    rules, tgts = list(dict.fromkeys(r["rule"] for r in floor)), list(dict.fromkeys(r["target"] for r in floor))
     hdr = ["gene rule", "target scale", *[f"{s} median (mean) r" for s in slides]]
     body = []
-    for rule in dict.fromkeys(r["rule"] for r in res["rows"]):
-        for tgt in dict.fromkeys(r["target"] for r in res["rows"]):
-            by = {r["slide"]: r for r in res["rows"] if r["rule"] == rule and r["target"] == tgt}
+    for rule in rules:
+        for tgt in tgts:
+            by = {r["slide"]: r for r in floor if r["rule"] == rule and r["target"] == tgt}
             body.append([rule, tgt, *[f"{_f(by[s]['pcc_median'])} ({_f(by[s]['pcc_mean'])})" if s in by else "–" for s in slides]])
     out.append(_table(hdr, body) + "\n")
+    methods = [m for m in dict.fromkeys(r.get("method") for r in res["rows"]) if m and not m.endswith("[floor]")]
+    if methods:
+        by = {(r["method"], r["rule"], r["target"], r["slide"]): r["pcc_median"] for r in res["rows"] if r.get("method")}
+        floor_name = next(r["method"] for r in floor)
+        cols = [floor_name, *methods]
+        out.append(
+            f"\nThe same protocols with the models of the expression task, each trained on that gene list and scale "
+            f"(`--protocol-methods`, model `{res.get('model')}`, seed {res.get('seed', 0)}; design investigation 43 in "
+            "`scripts/design_experiments.md`, a report: nothing was chosen from it). Median gene-wise Pearson r, "
+            f"{' / '.join(slides)} in each cell; the expression tables above use the first row's protocol.\n"
+        )
+        body = [[rule, tgt, *[" / ".join(_f(by.get((m, rule, tgt, sl))) for sl in slides) for m in cols]]
+                for rule in rules for tgt in tgts]
+        out.append(_table(["gene rule", "target scale", *cols], body) + "\n")
     if len(slides) == 2 and res.get("reference"):
         ref = res["reference"]
         best = min(body, key=lambda b: sum(abs(float(b[2 + i].split()[0]) - ref[i]) for i in range(2)))

@@ -51,6 +51,8 @@ def parse(argv=None):
     ap.add_argument("--no-cnn-smoothed-targets", dest="cnn_smoothed_targets", action="store_false",
                     help="skip the CNN trained on the neighbour-smoothed targets STORM's heads use")
     ap.add_argument("--stnet-budget", type=float, default=None, help="ST-Net: total training seconds over the gene sets")
+    ap.add_argument("--protocol-methods", nargs="+", default=None, choices=["storm", "storm-tuned", "spot", "cnn"],
+                    help="protocol: also fit these models on every gene rule x target scale (design investigation 43)")
     ap.add_argument("--domain-slides", nargs="+", default=None)
     ap.add_argument("--peers", nargs="*", default=None, help="domain peers to run in the full suite (default all; speed_peers: BANKSY CellCharter SpaGCN NOVAE)")
     ap.add_argument("--peer-python", default=None, help="python of the peers' environment (benchmarks/requirements.txt)")

@@ -123,6 +123,36 @@ def test_protocol_gene_rules_and_targets():
     assert np.allclose(y_ct[:, 0], np.log1p(X0[:, 1])) and (y_ct[:, 1] == 0).all()
     assert np.allclose(y_cp[:, 0], np.log1p(X0[:, 1] / X0.sum(1) * 1e4), rtol=1e-5)
 
+    # heads reach the log1p-count scale through a layer named by the normalisation record; the slides are not touched
+    from protocol import with_scale
+
+    from storm_st.tl._expression import _targets
+
+    scaled, layer = with_scale(slides, "log1p_counts")
+    assert layer is not None and all(layer not in a.layers and "storm_normalization" not in a.uns for a in slides)
+    np.testing.assert_allclose(_targets(scaled[0], ["G1", "ABSENT"], layer)[0], y_ct, rtol=1e-5)
+    same, none = with_scale(slides, "log1p_cp10k")
+    assert none is None and same[0] is slides[0]
+    np.testing.assert_allclose(_targets(same[0], ["G1", "ABSENT"], none)[0], y_cp, rtol=1e-5)
+
+
+def test_report_renders_protocol_methods():
+    import report
+
+    rows = [{"method": m, "rule": rule, "target": t, "slide": sl, "pcc_median": v, "pcc_mean": v}
+            for m, v in (("random-init ViT-S/16 + HEST ridge [floor]", 0.1), ("ST-Net-like CNN (from scratch)", 0.4))
+            for rule in ("seurat_v3", "mean") for t in ("log1p_cp10k", "log1p_counts") for sl in ("C5", "C6")]
+    res = {"command": "python benchmarks/run.py", "date": "d0", "date_end": "d1", "wall_s": 1.0, "status": "ok",
+           "machine": {}, "versions": {}, "features": "f", "train": ["C2"], "n_genes": 50, "rows": rows,
+           "methods": ["ST-Net-like CNN (from scratch)"], "model": "default", "seed": 0, "reference": [0.36, 0.23]}
+    text = report.section_protocol(res, "quick-methods")
+    assert "| seurat_v3 | log1p_cp10k | 0.100 (0.100) | 0.100 (0.100) |" in text  # the floor table, floor rows only
+    assert "| gene rule | target scale | random-init ViT-S/16 + HEST ridge [floor] | ST-Net-like CNN (from scratch) |" in text
+    assert "| mean | log1p_counts | 0.100 / 0.100 | 0.400 / 0.400 |" in text
+    old = {**res, "rows": [{k: v for k, v in r.items() if k != "method"} for r in rows[:8]]}  # results before the methods
+    text = report.section_protocol(old, "quick")
+    assert "ST-Net-like CNN" not in text and "| mean | log1p_counts | 0.100 (0.100) | 0.100 (0.100) |" in text
+
 
 def test_report_renders_speed_scaling_and_peer_speed(tmp_path, monkeypatch):
     """Results files named <tag>_speed_peers.json are routed to their own section; scaling is derived from rows."""
