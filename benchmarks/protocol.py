@@ -217,7 +217,7 @@ def run(args, suite: str) -> dict:
         "n_genes": n,
         "features": f"vit_small_patch16_224 (random init, seed {args.seed}), 224 px of the spot field of view, pooled",
         "methods": [METHODS[k] for k in which],
-        "model": args.model,
+        "model": {"name": args.model, "sha256": getattr(methods.model, "checkpoint_sha256", None)} if which else None,
         "seed": args.seed,
         "rows": rows,
         "gene_lists": gene_lists,
@@ -225,4 +225,5 @@ def run(args, suite: str) -> dict:
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "reference": [0.36, 0.23] if names_te == ["C5", "C6"] else None,
         "note_reference": "brief: ridge on a random-init ViT-S/16 (HEST protocol) 0.36 on C5 / 0.23 on C6",
+        "reference_cnn": [0.44, 0.42] if names_te == ["C5", "C6"] else None,  # brief: the ST-Net-like CNN
     }

@@ -144,11 +144,15 @@ def test_report_renders_protocol_methods():
             for rule in ("seurat_v3", "mean") for t in ("log1p_cp10k", "log1p_counts") for sl in ("C5", "C6")]
     res = {"command": "python benchmarks/run.py", "date": "d0", "date_end": "d1", "wall_s": 1.0, "status": "ok",
            "machine": {}, "versions": {}, "features": "f", "train": ["C2"], "n_genes": 50, "rows": rows,
-           "methods": ["ST-Net-like CNN (from scratch)"], "model": "default", "seed": 0, "reference": [0.36, 0.23]}
+           "methods": ["ST-Net-like CNN (from scratch)"], "model": {"name": "default", "sha256": "x"}, "seed": 0, "reference": [0.36, 0.23],
+           "reference_cnn": [0.44, 0.42]}
     text = report.section_protocol(res, "quick-methods")
     assert "| seurat_v3 | log1p_cp10k | 0.100 (0.100) | 0.100 (0.100) |" in text  # the floor table, floor rows only
     assert "| gene rule | target scale | random-init ViT-S/16 + HEST ridge [floor] | ST-Net-like CNN (from scratch) |" in text
     assert "| mean | log1p_counts | 0.100 / 0.100 | 0.400 / 0.400 |" in text
+    assert "**seurat_v3, log1p_cp10k** (0.100 (0.100); 0.100 (0.100))" in text  # closest to the brief: a floor row
+    assert "comes closest to the brief's reference for it (0.44 / 0.42): **seurat_v3, log1p_cp10k** (0.400 / 0.400); " \
+        "there: random-init ViT-S/16 + HEST ridge [floor] 0.100 / 0.100." in text
     old = {**res, "rows": [{k: v for k, v in r.items() if k != "method"} for r in rows[:8]]}  # results before the methods
     text = report.section_protocol(old, "quick")
     assert "ST-Net-like CNN" not in text and "| mean | log1p_counts | 0.100 (0.100) | 0.100 (0.100) |" in text
