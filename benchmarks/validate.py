@@ -42,12 +42,13 @@ def _data():
     return train, st.datasets.her2st(VAL)
 
 
-def _fold(args):
+def _fold(args, normalize_stains: bool = True):
     """The fold's training slides, held-out slide, top-50 and head gene lists, and ``args.model`` with stains normalised
-    (as the shipped head recipe reads them)."""
+    (as the shipped head recipe reads them), or as the checkpoint has it (``normalize_stains=False``)."""
     train, val = _data()
     base = st.load_model(args.model)
-    st.models.set_stain_normalization(base, True)
+    if normalize_stains:
+        st.models.set_stain_normalization(base, True)
     return train, val, st.pp.select_hvgs(train, 50), st.pp.select_hvgs(train, args.head_genes), base
 
 
@@ -78,10 +79,7 @@ def cnn(args) -> None:
 
 
 def storm(args) -> None:
-    train, val = _data()
-    genes50 = st.pp.select_hvgs(train, 50)
-    genes = st.pp.select_hvgs(train, args.head_genes)
-    base = st.load_model(args.model)
+    train, val, genes50, genes, base = _fold(args, normalize_stains=False)
     if args.ft_kw:  # override finetune_with_head's defaults, e.g. --ft-kw lr=1e-3 layer_decay=1.0
         import functools
         import json
@@ -150,10 +148,7 @@ def stain(args) -> None:
 
     from stain_shift import CONDITIONS, restain
 
-    train, val = _data()
-    genes50 = st.pp.select_hvgs(train, 50)
-    genes = st.pp.select_hvgs(train, args.head_genes)
-    base = st.load_model(args.model)
+    train, val, genes50, genes, base = _fold(args, normalize_stains=False)  # each arm sets it
     slides = {name: val if f is None else restain(val, f)[0] for name, f in CONDITIONS.items()}
     for norm in args.normalize:
         b = copy.deepcopy(base)
