@@ -159,6 +159,17 @@ def random_like(model, seed: int):
     return m
 
 
+def as_shipped(model, shipped):
+    """``model`` -- a pretrained model before its head, e.g. ``runs/default/model`` -- set to read patches as the shipped
+    checkpoint ``shipped`` does (its stain normalisation reference and pixel size), so that a head refitted on it follows
+    the shipped recipe (``scripts/build_default_model.py --stain-normalize``). Changes ``model`` in place; returns it."""
+    import copy
+
+    model.config.stain_reference = copy.deepcopy(shipped.config.stain_reference)
+    model.config.patch_mpp = shipped.config.patch_mpp
+    return model
+
+
 def resolve_model(name: str, train, seed: int):
     import storm_st as st
 

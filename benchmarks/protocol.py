@@ -152,7 +152,7 @@ class _Methods:
 
     def predict(self, key: str, genes: list[str], scale: str) -> list[np.ndarray]:
         """Per test slide ``(n_spots, len(genes))`` predictions of method ``key`` trained on ``genes`` at ``scale``."""
-        from expression import _impute, _spot_token_head
+        from expression import _impute, _spot_token_head, as_shipped
         from stnet import train_predict
 
         import storm_st as st
@@ -164,7 +164,10 @@ class _Methods:
         train, layer = with_scale(self.train, scale)
         if key == "spot":
             return _spot_token_head(self.model, train, *self.tokens, genes, self.seed, layer=layer)[0]
-        base, extra = (self.model, {}) if key == "storm" else (from_pretrained(PRETRAINED), {"encoder_epochs": 10})
+        if key == "storm":
+            base, extra = self.model, {}
+        else:  # the shipped recipe: its pretrained model, reading patches as the shipped head was fitted on them
+            base, extra = as_shipped(from_pretrained(PRETRAINED), self.model), {"encoder_epochs": 10}
         m = st.tl.fit_expression_head(train, base, genes=genes, layer=layer, seed=self.seed, show_progress=False, **extra)
         return _impute(m, self.test, genes)
 

@@ -643,7 +643,7 @@ def section_seed_spread(res: dict) -> str:
     scored = [r for r in res["rows"] if "genes" in r]
     cols = [(g, sl) for g in dict.fromkeys(r["genes"] for r in scored) for sl in dict.fromkeys(r["slide"] for r in scored)]
     methods = list(dict.fromkeys(r["method"] for r in scored))
-    methods.sort(key=lambda m: any(r.get("measured") for r in scored if r["method"] == m))  # kept rows (--merge) last
+    methods.sort(key=lambda m: all(r.get("measured") for r in scored if r["method"] == m))  # methods only kept (--merge) last
     has_baselines = len(methods) > 1
     out = [
         "\n## Seed spread of the shipped head" + (" and of the baselines" if has_baselines else "") + "\n",
@@ -652,7 +652,10 @@ def section_seed_spread(res: dict) -> str:
         "HVGs, `encoder_epochs=10`, targets neighbour-smoothed as `fit_expression_head` does by default since design "
         f"experiment 15, head seed 0, from the pretrained model `runs/{Path(res['pretrained']).parent.name}/model`). "
         "The same call with other head seeds, saved in float16 as shipped, scored on the held-out sections with "
-        "`tl.impute_expression` (8-fold TTA) on the suites' gene lists. Report only: nothing was chosen from it."
+        "`tl.impute_expression` (8-fold TTA) on the suites' gene lists. Report only: nothing was chosen from it. "
+        "Refitted seeds read patches as the shipped head was fitted on them (stains normalised to the training slides'; "
+        "`as_shipped` in `benchmarks/expression.py`; refitting seed 0 that way reproduces the shipped checkpoint's scores "
+        "to the third decimal); runs before 2026-12-03 refitted them with stains as read, which is not the shipped recipe."
         + (" With `--reuse` the refitted checkpoints of an earlier run of the same calls were scored (their fit took "
            "about 590 s each on these cores, shared with another benchmark)." if "--reuse" in res["command"] else "") + "\n",
     ]
