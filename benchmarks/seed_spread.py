@@ -2,7 +2,8 @@
 
 The default checkpoint's head is one fit: ``tl.fit_expression_head`` on HER2ST C2-C4 (top-1000 HVGs,
 ``encoder_epochs=10``, head seed 0) from the pretrained model of ``runs/default``. This refits it with other head
-seeds from the same pretrained model, saves each in float16 as the shipped checkpoint is, and scores it on the
+seeds from the same pretrained model, reading patches as the shipped head was fitted on them (its stain reference and
+pixel size, ``as_shipped``), saves each in float16 as the shipped checkpoint is, and scores it on the
 held-out C5 / C6 (median gene-wise PCC) on the gene lists of the benchmark suites::
 
     python benchmarks/seed_spread.py --seeds 0 1 2 [--pretrained runs/default/model]
