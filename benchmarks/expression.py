@@ -186,7 +186,7 @@ def resolve_model(name: str, train, seed: int):
 
 
 def run(args, suite: str) -> dict:
-    from stnet import STNET_FOV_UM, STNET_SIZE, train_predict
+    from stnet import split_patches, train_predict
 
     import storm_st as st
 
@@ -313,8 +313,7 @@ def run(args, suite: str) -> dict:
 
     # ---- (g) ST-Net-like CNN, one per gene set
     t = time.perf_counter()
-    Ptr = np.concatenate([st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in train])
-    Pte = [st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in test]
+    Ptr, Pte = split_patches(train, test)
     timings["ST-Net: patches"] = time.perf_counter() - t
     cnns = [("ST-Net-like CNN (from scratch)", Ytr)]
     # the same CNN on the neighbour-smoothed targets STORM's heads train on (fit_expression_head's default), so that

@@ -134,9 +134,8 @@ class _Methods:
 
     def __init__(self, which, model_name, train, test, seed):
         from expression import _spot_tokens, resolve_model
-        from stnet import STNET_FOV_UM, STNET_SIZE
+        from stnet import split_patches
 
-        import storm_st as st
         from storm_st._inference import D4
 
         self.which, self.train, self.test, self.seed = list(which), train, test, seed
@@ -147,8 +146,7 @@ class _Methods:
         if "spot" in self.which:
             self.tokens = _spot_tokens(self.model, train, D4), _spot_tokens(self.model, test, D4)
         if "cnn" in self.which:
-            self.patches = (np.concatenate([st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in train]),
-                            [st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in test])
+            self.patches = split_patches(train, test)
 
     def predict(self, key: str, genes: list[str], scale: str) -> list[np.ndarray]:
         """Per test slide ``(n_spots, len(genes))`` predictions of method ``key`` trained on ``genes`` at ``scale``."""

@@ -59,9 +59,8 @@ def baselines(shipped, train, test, lists, targets, seeds, which=("spot", "cnn")
 
     Yields the rows of each seed as they come."""
     import numpy as np
-    from stnet import STNET_FOV_UM, STNET_SIZE, train_predict
+    from stnet import split_patches, train_predict
 
-    import storm_st as st
     from storm_st._inference import D4
     from storm_st.tl._expression import _smooth_targets
 
@@ -69,8 +68,7 @@ def baselines(shipped, train, test, lists, targets, seeds, which=("spot", "cnn")
     cnn_methods = [(m, k) for m, k in ((CNN, "cnn"), (CNN_SMOOTHED, "cnn-smoothed")) if k in which]
     cnns = {}  # method -> training targets per list: each spot's own, or smoothed as STORM's heads train on them
     if cnn_methods:  # patches and targets only when a CNN is refitted
-        Ptr = np.concatenate([st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in train])
-        Pte = [st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM) for a in test]
+        Ptr, Pte = split_patches(train, test)
         per_slide = {name: [y for y, _ in _slide_targets(train, gl)] for name, gl in lists.items()}
         for method, key in cnn_methods:
             cnns[method] = {

@@ -32,6 +32,16 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+def split_patches(train, test) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The CNN's inputs: the training slides' spot patches stacked, and each test slide's (112 px of 154.56 µm)."""
+    import storm_st as st
+
+    def read(a):
+        return st.pp.spot_patches(a, size=STNET_SIZE, fov_um=STNET_FOV_UM)
+
+    return np.concatenate([read(a) for a in train]), [read(a) for a in test]
+
+
 def _d4_batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     k = int(torch.randint(0, 4, (1,), generator=g))
     if bool(torch.randint(0, 2, (1,), generator=g)):
