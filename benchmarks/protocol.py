@@ -148,8 +148,9 @@ class _Methods:
         if "cnn" in self.which:
             self.patches = split_patches(train, test)
 
-    def predict(self, key: str, genes: list[str], scale: str) -> list[np.ndarray]:
-        """Per test slide ``(n_spots, len(genes))`` predictions of method ``key`` trained on ``genes`` at ``scale``."""
+    def predict(self, key: str, genes: list[str], scale: str, Ytr: np.ndarray) -> list[np.ndarray]:
+        """Per test slide ``(n_spots, len(genes))`` predictions of method ``key`` trained on ``genes`` at ``scale``
+        (``Ytr``: the training spots' targets on that scale, :func:`targets` stacked, which the CNN trains on)."""
         from expression import _impute, _spot_token_head, as_shipped
         from stnet import train_predict
 
@@ -157,7 +158,6 @@ class _Methods:
         from storm_st.models import from_pretrained
 
         if key == "cnn":
-            Ytr = np.concatenate(targets(self.train, genes, scale))
             return train_predict(self.patches[0], Ytr, self.patches[1], epochs=30, seed=self.seed)[0]  # quick suite's epochs
         train, layer = with_scale(self.train, scale)
         if key == "spot":
@@ -200,16 +200,15 @@ def run(args, suite: str) -> dict:
         t = time.perf_counter()
         genes = select_genes(train, rule, n)
         gene_lists[rule] = genes
-        for scale in TARGETS:
-            ys = targets(test, genes, scale)
-            Ytr = np.concatenate(targets(train, genes, scale))
+        ys = {scale: (np.concatenate(targets(train, genes, scale)), targets(test, genes, scale)) for scale in TARGETS}
+        for scale, (Ytr, Yte) in ys.items():
             P, _ = hest_ridge(Xtr, Ytr, np.concatenate(Fte), seed=args.seed)
-            score(FLOOR, rule, scale, ys, np.split(P, splits))
+            score(FLOOR, rule, scale, Yte, np.split(P, splits))
         timings[f"genes {rule} + ridge"] = time.perf_counter() - t
         for key in which:
             t = time.perf_counter()
-            for scale in TARGETS:
-                score(METHODS[key], rule, scale, targets(test, genes, scale), methods.predict(key, genes, scale))
+            for scale, (Ytr, Yte) in ys.items():
+                score(METHODS[key], rule, scale, Yte, methods.predict(key, genes, scale, Ytr))
             timings[f"{key}, genes {rule}"] = time.perf_counter() - t
     overlap = {f"{a} & {b}": len(set(gene_lists[a]) & set(gene_lists[b])) for i, a in enumerate(RULES) for b in RULES[i + 1 :]}
     return {
