@@ -176,7 +176,8 @@ def readouts(args) -> None:
     (frozen; head seeds ``100 * seed + j``). Design experiment 31: W is A with the encoder tuned on every spot of each
     window (``encoder_targets="window"``). Design experiment 36: K is A with the neighbours of each training window dropped
     with probability ``--context-dropout`` at every tuning step (``context_dropout``). Design experiment 37: L is A with
-    the spatial encoder tuned at ``--encoder-lr`` instead of 1e-4 (``encoder_lr``)."""
+    the spatial encoder tuned at ``--encoder-lr`` instead of 1e-4 (``encoder_lr``). Design experiment 44: Z is A with the
+    spatial encoder frozen (``encoder_epochs=0``, ``fit_expression_head``'s default)."""
     import json
 
     import anndata
@@ -188,7 +189,7 @@ def readouts(args) -> None:
     arms = {"A": ("centre", args.encoder_epochs, "centre", 0.0), "B": ("spot", 0, "centre", 0.0),
             "C": ("centre+spot", args.encoder_epochs, "centre", 0.0), "W": ("centre", args.encoder_epochs, "window", 0.0),
             "K": ("centre", args.encoder_epochs, "centre", args.context_dropout),
-            "L": ("centre", args.encoder_epochs, "centre", 0.0)}
+            "L": ("centre", args.encoder_epochs, "centre", 0.0), "Z": ("centre", 0, "centre", 0.0)}
     pred, res, fit_s = {}, {}, {}
 
     def predict(m) -> np.ndarray:
@@ -470,7 +471,7 @@ def main() -> None:
     o.add_argument("--model", required=True)
     o.add_argument("--head-genes", type=int, default=50)
     o.add_argument("--encoder-epochs", type=int, default=10)
-    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F", "W", "K", "L"])
+    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F", "W", "K", "L", "Z"])
     o.add_argument("--context-dropout", type=float, default=0.25, help="arm K: fit_expression_head(context_dropout=...)")
     o.add_argument("--encoder-lr", type=float, default=3e-5, help="arm L: fit_expression_head(encoder_lr=...)")
     o.add_argument("--n-heads", type=int, default=3, help="arm F: A's head and N - 1 more on its tuned encoder, averaged")
