@@ -177,7 +177,8 @@ def readouts(args) -> None:
     window (``encoder_targets="window"``). Design experiment 36: K is A with the neighbours of each training window dropped
     with probability ``--context-dropout`` at every tuning step (``context_dropout``). Design experiment 37: L is A with
     the spatial encoder tuned at ``--encoder-lr`` instead of 1e-4 (``encoder_lr``). Design experiment 44: Z is A with the
-    spatial encoder frozen (``encoder_epochs=0``, ``fit_expression_head``'s default)."""
+    spatial encoder frozen (``encoder_epochs=0``, ``fit_expression_head``'s default). Design experiment 45: M is A with
+    its tuned weights interpolated half-way back to Z's (``encoder_mix=--encoder-mix``, WiSE-FT)."""
     import json
 
     import anndata
@@ -189,7 +190,8 @@ def readouts(args) -> None:
     arms = {"A": ("centre", args.encoder_epochs, "centre", 0.0), "B": ("spot", 0, "centre", 0.0),
             "C": ("centre+spot", args.encoder_epochs, "centre", 0.0), "W": ("centre", args.encoder_epochs, "window", 0.0),
             "K": ("centre", args.encoder_epochs, "centre", args.context_dropout),
-            "L": ("centre", args.encoder_epochs, "centre", 0.0), "Z": ("centre", 0, "centre", 0.0)}
+            "L": ("centre", args.encoder_epochs, "centre", 0.0), "Z": ("centre", 0, "centre", 0.0),
+            "M": ("centre", args.encoder_epochs, "centre", 0.0)}
     pred, res, fit_s = {}, {}, {}
 
     def predict(m) -> np.ndarray:
@@ -202,7 +204,8 @@ def readouts(args) -> None:
         t0 = time.time()
         m = st.tl.fit_expression_head(train, base, genes=genes, seed=args.seed, head_input=hi, encoder_epochs=ee,
                                       encoder_targets=et, context_dropout=cd, show_progress=False,
-                                      encoder_lr=args.encoder_lr if name == "L" else 1e-4)
+                                      encoder_lr=args.encoder_lr if name == "L" else 1e-4,
+                                      encoder_mix=args.encoder_mix if name == "M" else 1.0)
         fit_s[name] = round(time.time() - t0)
         pred[name] = predict(m)
         if name == "A":
@@ -231,7 +234,8 @@ def readouts(args) -> None:
                       "window_radius": base.config.window_radius, "seed": args.seed, "stains_normalised": True, "fit_s": fit_s, "median_r": res,
                       **({"n_heads": args.n_heads} if "F" in args.arms else {}),
                       **({"context_dropout": args.context_dropout} if "K" in args.arms else {}),
-                      **({"encoder_lr": args.encoder_lr} if "L" in args.arms else {})}), flush=True)
+                      **({"encoder_lr": args.encoder_lr} if "L" in args.arms else {}),
+                      **({"encoder_mix": args.encoder_mix} if "M" in args.arms else {})}), flush=True)
 
 
 def scale(args) -> None:
@@ -471,7 +475,8 @@ def main() -> None:
     o.add_argument("--model", required=True)
     o.add_argument("--head-genes", type=int, default=50)
     o.add_argument("--encoder-epochs", type=int, default=10)
-    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F", "W", "K", "L", "Z"])
+    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F", "W", "K", "L", "Z", "M"])
+    o.add_argument("--encoder-mix", type=float, default=0.5, help="arm M: fit_expression_head(encoder_mix=...)")
     o.add_argument("--context-dropout", type=float, default=0.25, help="arm K: fit_expression_head(context_dropout=...)")
     o.add_argument("--encoder-lr", type=float, default=3e-5, help="arm L: fit_expression_head(encoder_lr=...)")
     o.add_argument("--n-heads", type=int, default=3, help="arm F: A's head and N - 1 more on its tuned encoder, averaged")

@@ -378,6 +378,33 @@ def test_fit_expression_head_with_window_targets(model):
         st.tl.fit_expression_head([a], model, encoder_epochs=1, context_dropout=1, **kw)
 
 
+def test_encoder_mix_interpolates_between_the_frozen_and_the_tuned_fit(model):
+    import torch
+
+    from storm_st.train._head import interpolate_weights
+
+    a = synthetic_slide()
+    kw = {"genes": GENES[:6], "epochs": 1, "augment": False, "seed": 0, "show_progress": False}
+    frozen = st.tl.fit_expression_head([a], model, **kw)
+    tuned = st.tl.fit_expression_head([a], model, encoder_epochs=2, encoder_lr=1e-3, **kw)
+    half = st.tl.fit_expression_head([a], model, encoder_epochs=2, encoder_lr=1e-3, encoder_mix=0.5, **kw)
+    back = st.tl.fit_expression_head([a], model, encoder_epochs=2, encoder_lr=1e-3, encoder_mix=0.0, **kw)
+    f, t, h, b = (m.state_dict() for m in (frozen, tuned, half, back))
+    changed = [k for k in t if t[k].is_floating_point() and not torch.equal(t[k], f[k])]
+    assert any(k.startswith("blocks.") for k in changed) and any(k.startswith("head.") for k in changed)
+    for k in t:  # the midpoint of the head fitted on the frozen encoder and its tuned continuation; 0 returns to it
+        torch.testing.assert_close(h[k], (f[k] + t[k]) / 2 if k in changed else t[k], rtol=0, atol=1e-6)
+        torch.testing.assert_close(b[k], f[k], rtol=0, atol=1e-6)
+    assert half.extra["head"]["encoder_mix"] == 0.5 and half.extra["encoder_tuning"][0]["mix"] == 0.5
+    assert tuned.extra["head"]["encoder_mix"] == 1.0
+    with pytest.raises(ValueError, match=r"encoder_mix must be a number in \[0, 1\]"):
+        st.tl.fit_expression_head([a], model, encoder_epochs=1, encoder_mix=1.5, **kw)
+    with pytest.raises(ValueError, match="keys differ"):
+        interpolate_weights(tuned, {"x": torch.zeros(1)}, 0.5)
+    with pytest.raises(ValueError, match=r"weight must be in \[0, 1\]"):
+        interpolate_weights(tuned, t, -0.5)
+
+
 def test_impute_smoothing_blends_neighbours_and_checks_its_weight(model_with_head):
     from storm_st.pp._neighbors import ring_mean_operator
 

@@ -51,6 +51,7 @@ def fit_expression_head(
     encoder_lr: float = 1e-4,
     encoder_targets: str = "centre",
     context_dropout: float = 0.0,
+    encoder_mix: float = 1.0,
     smooth_targets: float | None = None,
     show_progress: bool = True,
 ) -> StormModel:
@@ -116,6 +117,12 @@ def fit_expression_head(
         In that stage, drop each neighbour of a training window (never its centre) with this probability at every
         step, as a spot beyond a tissue edge is dropped; ``0`` (default) trains on whole windows. Predictions always
         read whole windows.
+    encoder_mix
+        After that stage, interpolate every weight it trained (spatial encoder and head) between its value before
+        the stage (the head fitted on the frozen encoder) and after it: ``(1 - encoder_mix) * before + encoder_mix *
+        after`` -- a weight-space ensemble of the frozen-encoder and the tuned model (WiSE-FT, Wortsman et al.,
+        CVPR 2022). ``1`` (default) keeps the tuned weights, ``0`` returns the frozen-encoder fit. No extra weights
+        and no extra cost at prediction time; without ``encoder_epochs`` there is nothing to interpolate.
     smooth_targets
         Train on neighbour-smoothed expression, ``(1 - smooth_targets) * own + smooth_targets * mean over the
         immediate neighbours`` (the operator of :func:`impute_expression`'s ``smooth``, within 1.6 lattice
@@ -163,6 +170,7 @@ def fit_expression_head(
         )
     check_encoder_targets(encoder_targets, "encoder_targets")
     check_context_dropout(context_dropout)
+    _blend_weight(encoder_mix, "encoder_mix", "1 = the tuned weights, 0 = the weights before tuning")
     if smooth_targets is not None:
         _blend_weight(smooth_targets, "smooth_targets", "0 = own expression; None = platform default")
     prior_tuning = _encoder_tuning(base)
@@ -216,13 +224,17 @@ def fit_expression_head(
     )
     enc_hist: list[float] = []
     if encoder_epochs > 0:
-        from storm_st.train._head import tune_encoder_with_head
+        from storm_st.train._head import interpolate_weights, tune_encoder_with_head
 
+        before = {k: v.detach().clone() for k, v in model_out.state_dict().items()}
         enc_hist = tune_encoder_with_head(
             model_out, tuning["tokens"], tuning["windows"], tuning["y"], tuning["m"], epochs=encoder_epochs, lr=lr,
             encoder_lr=encoder_lr, batch_size=batch_size, l1=l1, l2=l2, seed=seed, device=dev,
             targets_from=encoder_targets, context_dropout=context_dropout,
         )
+        if encoder_mix != 1.0:
+            interpolate_weights(model_out, before, encoder_mix)
+        del before
     ft_hist: list[float] = []
     if finetune_epochs > 0:
         from storm_st.train._head import finetune_with_head
@@ -250,12 +262,13 @@ def fit_expression_head(
         "encoder_lr": encoder_lr,
         "encoder_targets": encoder_targets,
         "context_dropout": context_dropout,
+        "encoder_mix": encoder_mix,
         "encoder_loss": [round(h, 5) for h in enc_hist],
         "finetune_epochs": finetune_epochs,
         "finetune_loss": [round(h, 5) for h in ft_hist],
     }
     # every tuning the spatial encoder has had, oldest first (a new head does not erase the encoder's history)
-    this = {"epochs": encoder_epochs, "lr": encoder_lr, "targets": encoder_targets,
+    this = {"epochs": encoder_epochs, "lr": encoder_lr, "targets": encoder_targets, "mix": encoder_mix,
             "n_spots": int(sum(a.n_obs for a in adatas)), "n_genes": len(genes)}
     model_out.extra["encoder_tuning"] = prior_tuning + ([this] if encoder_epochs > 0 else [])
     if finetune_epochs > 0:
@@ -268,7 +281,7 @@ def fit_expression_head(
 
 
 def _blend_weight(value: Any, name: str, meaning: str) -> float:
-    """``value`` as a float in ``[0, 1]`` (a neighbour-blending weight), or a ValueError naming ``name``."""
+    """``value`` as a float in ``[0, 1]`` (a blending weight), or a ValueError naming ``name``."""
     if isinstance(value, bool) or not (isinstance(value, int | float) and 0.0 <= float(value) <= 1.0):
         raise ValueError(f"{name} must be a number in [0, 1] ({meaning}), got {value!r}.")
     return float(value)

@@ -127,6 +127,23 @@ def encoder_params(model: StormModel) -> list[torch.nn.Parameter]:
     return [*model.blocks.parameters(), *model.norm.parameters(), model.modality_embed["he"]]
 
 
+def interpolate_weights(model: torch.nn.Module, before: dict[str, torch.Tensor], weight: float) -> None:
+    """Set every floating-point entry of ``model``'s state to ``(1 - weight) * before + weight * now``, in place.
+
+    ``before`` is a copy of the state taken earlier in the same model's training (same keys and shapes); entries that
+    did not change since are left as they are. With ``weight`` 1 nothing changes, with 0 the model returns to ``before``.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}.")
+    state = model.state_dict()
+    if set(state) != set(before):
+        raise ValueError("before must be a state of the same model (its keys differ).")
+    with torch.no_grad():
+        for k, v in state.items():
+            if v.is_floating_point() and not torch.equal(v, before[k].to(v.device)):
+                v.copy_(before[k].to(v.device, v.dtype).lerp(v, weight))
+
+
 def tune_encoder_with_head(
     model: StormModel,
     tokens: list[np.ndarray],
