@@ -369,6 +369,32 @@ def _st_domain_ari(model, a, key: str, k: int) -> float:
     return round(_metrics(b, key, "d", "X_storm")["ARI"], 4)
 
 
+def domaincheck(args) -> None:
+    """The domain check of design experiments 36-37 and 44-45: ST-only spatial domains (k-means, K = annotated classes)
+    of each model on the validation domain sections, over several k-means seeds; one embedding per model and slide."""
+    import json
+
+    from _common import read_slide
+    from domains import _labelled, _metrics
+
+    out = {}
+    for name in args.models:
+        model = st.load_model(name)
+        per_slide = {}
+        for spec in args.slides:
+            a, key, *_ = _labelled(read_slide(spec))
+            k = int(a.obs[key].nunique())
+            st.tl.embed(a, model, modalities="st", show_progress=False)
+            aris = []
+            for seed in args.seeds:
+                st.tl.domains(a, n_domains=k, use_rep="X_storm", key_added="d", random_state=seed)
+                aris.append(round(_metrics(a, key, "d", "X_storm")["ARI"], 4))
+            per_slide[spec] = {"K": k, "ARI": aris, "mean": round(float(np.mean(aris)), 4)}
+        out[name] = {"slides": per_slide, "mean": round(float(np.mean([v["mean"] for v in per_slide.values()])), 4),
+                     "sha256": model.checkpoint_sha256}
+        print(json.dumps({"model": name, **out[name]}), flush=True)
+
+
 def adapt(args) -> None:
     """Design experiment 19: spatial domains (ST only) from the model as it is and after continuing its pretraining on
     the slide itself (``training.init_model``, expression only, no labels), on sections that are not benchmark slides."""
@@ -519,6 +545,11 @@ def main() -> None:
     i.add_argument("--image-size", type=int, nargs="+", default=[224, 112])
     i.add_argument("--head-genes", type=int, default=50)
     i.add_argument("--threads", type=int, default=2)
+    dc = sub.add_parser("domaincheck", help="design experiments 36-37, 44-45: ST-only domain ARI on validation sections")
+    dc.add_argument("--models", nargs="+", default=["default"])
+    dc.add_argument("--slides", nargs="+", default=["C1", "D1", "E1", "F1", "dlpfc:151675"])
+    dc.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="k-means seeds")
+    dc.add_argument("--threads", type=int, default=2)
     d = sub.add_parser("decoder")
     d.add_argument("--ckpt", required=True, help="a pretraining run's checkpoints/last.ckpt")
     d.add_argument("--tta", action="store_true")
@@ -528,7 +559,7 @@ def main() -> None:
     VAL = args.val
     torch.set_num_threads(getattr(args, "threads", 2))
     {"cnn": cnn, "storm": storm, "decoder": decoder, "stain": stain, "readouts": readouts, "scale": scale, "tiling": tiling,
-     "imagenet": imagenet, "adapt": adapt, "vocab": vocab}[args.what](args)
+     "imagenet": imagenet, "adapt": adapt, "vocab": vocab, "domaincheck": domaincheck}[args.what](args)
 
 
 if __name__ == "__main__":
