@@ -399,6 +399,8 @@ def test_encoder_mix_interpolates_between_the_frozen_and_the_tuned_fit(model):
     assert tuned.extra["head"]["encoder_mix"] == 1.0
     with pytest.raises(ValueError, match=r"encoder_mix must be a number in \[0, 1\]"):
         st.tl.fit_expression_head([a], model, encoder_epochs=1, encoder_mix=1.5, **kw)
+    with pytest.raises(ValueError, match="encoder_epochs=0 skips that stage"):
+        st.tl.fit_expression_head([a], model, encoder_mix=0.5, **kw)
     with pytest.raises(ValueError, match="keys differ"):
         interpolate_weights(tuned, {"x": torch.zeros(1)}, 0.5)
     with pytest.raises(ValueError, match=r"weight must be in \[0, 1\]"):

@@ -173,6 +173,11 @@ def fit_expression_head(
     check_encoder_targets(encoder_targets, "encoder_targets")
     check_context_dropout(context_dropout)
     _blend_weight(encoder_mix, "encoder_mix", "1 = the tuned weights, 0 = the weights before tuning")
+    if encoder_mix != 1.0 and encoder_epochs == 0:
+        raise ValueError(
+            f"encoder_mix={encoder_mix} interpolates the weights of the encoder-tuning stage, but encoder_epochs=0 "
+            "skips that stage: give encoder_epochs > 0, or leave encoder_mix=1."
+        )
     if smooth_targets is not None:
         _blend_weight(smooth_targets, "smooth_targets", "0 = own expression; None = platform default")
     prior_tuning = _encoder_tuning(base)
