@@ -41,9 +41,15 @@ def measured_run(args: list[str], out: Path, timeout: float) -> dict:
     return {"status": "ok", "wall_s": wall, "peak_rss_mb": round(peak / 1024, 1) if peak else None}
 
 
+def worker_out(op: str, n: int, device: str = "cpu") -> Path:
+    """Where the worker writes the JSON result of ``op`` on ``n`` spots (``peer_input`` also writes its slide beside
+    it, with the suffix ``.h5ad``)."""
+    return RESULTS / "_tmp" / f"speed_{op}_{n}_{device}.json"
+
+
 def _measure(op: str, n: int, model: str, base: str, timeout: int, device: str = "cpu") -> dict:
     """One worker operation in a fresh process: its JSON result plus peak RSS and process wall time."""
-    out = RESULTS / "_tmp" / f"speed_{op}_{n}_{device}.json"
+    out = worker_out(op, n, device)
     worker = str(Path(__file__).parent / "_speed_worker.py")
     m = measured_run([sys.executable, worker, op, str(n), model, str(out), "--base", base, "--device", device], out, timeout)
     if m["status"] != "ok":

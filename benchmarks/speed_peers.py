@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from _common import RESULTS
 from domains import peer_command
-from speed import _measure, measured_run
+from speed import _measure, measured_run, worker_out
 
 SIZES = [1000, 10000]
 PEERS = ("BANKSY", "CellCharter", "SpaGCN", "NOVAE")  # GraphST: 1502 s on 3.6k spots in the domain task
@@ -39,9 +39,10 @@ def run(args, suite: str) -> dict:
         r["method"] = "STORM (tl.embed + tl.domains)"
         rows.append(r)
         made = _measure("peer_input", n, args.model, args.speed_base, 600)
-        inp = RESULTS / "_tmp" / f"speed_peer_input_{n}.h5ad"
+        inp = worker_out("peer_input", n).with_suffix(".h5ad")  # written by the worker beside its JSON
         if made.get("status") != "ok" or not inp.exists():
-            rows += [{"method": p, "n_spots": n, "status": f"no input: {made.get('status')}"} for p in peers]
+            why = made.get("status") if made.get("status") != "ok" else f"{inp.name} not written"
+            rows += [{"method": p, "n_spots": n, "status": f"no input: {why}"} for p in peers]
             continue
         for p in peers:
             rows.append(_measure_peer(p, n, inp, args.peer_python, args.seed))

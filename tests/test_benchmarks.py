@@ -30,6 +30,38 @@ def test_gene_pcc_and_scores():
     assert np.isnan(sc["pcc_median"]) and sc["n_const_pred"] == 3 and np.isfinite(sc["mse"])
 
 
+def test_speed_peers_reads_the_slide_the_worker_writes(tmp_path, monkeypatch):
+    """The peers' input is the tiled slide that ``_speed_worker.py peer_input`` writes beside its JSON result."""
+    import argparse
+
+    import speed
+    import speed_peers
+
+    monkeypatch.setattr(speed, "RESULTS", tmp_path)
+
+    def worker(args, out, timeout):  # the worker's contract: argv = [python, worker, op, n, model, OUT, ...]
+        op, json_out = args[2], Path(args[5])
+        assert json_out == out
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        if op == "peer_input":
+            json_out.with_suffix(".h5ad").write_text("slide")
+        json_out.write_text(json.dumps({"op": op, "n_spots": int(args[3])}))
+        return {"status": "ok", "wall_s": 1.0, "peak_rss_mb": 1.0}
+
+    seen = []
+
+    def peer(name, n, inp, python, seed):
+        seen.append((name, inp.exists()))
+        return {"method": name, "n_spots": n, "status": "ok"}
+
+    monkeypatch.setattr(speed, "measured_run", worker)
+    monkeypatch.setattr(speed_peers, "_measure_peer", peer)
+    args = argparse.Namespace(peer_python="python", sizes=[10], peers=["BANKSY"], model="default", speed_base="C6", seed=0)
+    rows = speed_peers.run(args, "full")["rows"]
+    assert seen == [("BANKSY", True)] and [r["status"] for r in rows] == ["ok", "ok"]
+    assert not list(tmp_path.glob("_tmp/*.h5ad"))  # the input is removed once the peers have read it
+
+
 def test_hest_ridge_shapes():
     from _common import hest_ridge
 
