@@ -358,15 +358,23 @@ def imagenet(args) -> None:
                       "median_r": res}), flush=True)
 
 
-def _st_domain_ari(model, a, key: str, k: int) -> float:
-    """ARI of ``tl.domains`` (k-means, K = ``k``, seed 0) on the ST-only embedding of a copy of ``a``, as in
-    ``domains.py``."""
+def _st_domain_aris(model, a, key: str, k: int, seeds=(0,)) -> list[float]:
+    """ARIs of ``tl.domains`` (k-means, K = ``k``, one per k-means seed) on the ST-only embedding of a copy of ``a``,
+    embedded once, as in ``domains.py``."""
     from domains import _metrics
 
     b = a.copy()
     st.tl.embed(b, model, modalities="st", show_progress=False)
-    st.tl.domains(b, n_domains=k, use_rep="X_storm", key_added="d", random_state=0)
-    return round(_metrics(b, key, "d", "X_storm")["ARI"], 4)
+    out = []
+    for seed in seeds:
+        st.tl.domains(b, n_domains=k, use_rep="X_storm", key_added="d", random_state=seed)
+        out.append(round(_metrics(b, key, "d", "X_storm")["ARI"], 4))
+    return out
+
+
+def _st_domain_ari(model, a, key: str, k: int) -> float:
+    """ARI of ``tl.domains`` with k-means seed 0 (:func:`_st_domain_aris`)."""
+    return _st_domain_aris(model, a, key, k)[0]
 
 
 def domaincheck(args) -> None:
@@ -375,7 +383,7 @@ def domaincheck(args) -> None:
     import json
 
     from _common import read_slide
-    from domains import _labelled, _metrics
+    from domains import _labelled
 
     out = {}
     for name in args.models:
@@ -384,11 +392,7 @@ def domaincheck(args) -> None:
         for spec in args.slides:
             a, key, *_ = _labelled(read_slide(spec))
             k = int(a.obs[key].nunique())
-            st.tl.embed(a, model, modalities="st", show_progress=False)
-            aris = []
-            for seed in args.seeds:
-                st.tl.domains(a, n_domains=k, use_rep="X_storm", key_added="d", random_state=seed)
-                aris.append(round(_metrics(a, key, "d", "X_storm")["ARI"], 4))
+            aris = _st_domain_aris(model, a, key, k, args.seeds)
             per_slide[spec] = {"K": k, "ARI": aris, "mean": round(float(np.mean(aris)), 4)}
         out[name] = {"slides": per_slide, "mean": round(float(np.mean([v["mean"] for v in per_slide.values()])), 4),
                      "sha256": model.checkpoint_sha256}

@@ -233,15 +233,16 @@ def fit_expression_head(
     if encoder_epochs > 0:
         from storm_st.train._head import interpolate_weights, tune_encoder_with_head
 
-        before = {k: v.detach().clone() for k, v in model_out.state_dict().items()}
+        mix = encoder_mix != 1.0
+        before = {k: v.detach().clone() for k, v in model_out.state_dict().items()} if mix else None
         enc_hist = tune_encoder_with_head(
             model_out, tuning["tokens"], tuning["windows"], tuning["y"], tuning["m"], epochs=encoder_epochs, lr=lr,
             encoder_lr=encoder_lr, batch_size=batch_size, l1=l1, l2=l2, seed=seed, device=dev,
             targets_from=encoder_targets, context_dropout=context_dropout,
         )
-        if encoder_mix != 1.0:
+        if mix:
             interpolate_weights(model_out, before, encoder_mix)
-        del before
+            del before
     ft_hist: list[float] = []
     if finetune_epochs > 0:
         from storm_st.train._head import finetune_with_head
