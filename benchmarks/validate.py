@@ -187,11 +187,11 @@ def readouts(args) -> None:
     train, val, genes50, genes, base = _fold(args)
     if args.window_radius is not None:  # design experiment 33: windows for head fitting, tuning and prediction
         base.config.window_radius = args.window_radius
-    arms = {"A": ("centre", args.encoder_epochs, "centre", 0.0), "B": ("spot", 0, "centre", 0.0),
-            "C": ("centre+spot", args.encoder_epochs, "centre", 0.0), "W": ("centre", args.encoder_epochs, "window", 0.0),
-            "K": ("centre", args.encoder_epochs, "centre", args.context_dropout),
-            "L": ("centre", args.encoder_epochs, "centre", 0.0), "Z": ("centre", 0, "centre", 0.0),
-            "M": ("centre", args.encoder_epochs, "centre", 0.0)}
+    tuned = {"head_input": "centre", "encoder_epochs": args.encoder_epochs}  # A; every other arm is A with one change
+    arms = {"A": tuned, "B": {"head_input": "spot"}, "C": {**tuned, "head_input": "centre+spot"},
+            "W": {**tuned, "encoder_targets": "window"}, "K": {**tuned, "context_dropout": args.context_dropout},
+            "L": {**tuned, "encoder_lr": args.encoder_lr}, "Z": {**tuned, "encoder_epochs": 0},
+            "M": {**tuned, "encoder_mix": args.encoder_mix}}
     pred, res, fit_s = {}, {}, {}
 
     def predict(m) -> np.ndarray:
@@ -200,12 +200,8 @@ def readouts(args) -> None:
 
     tuned_a = None
     for name in [a for a in args.arms if a != "F"]:
-        hi, ee, et, cd = arms[name]
         t0 = time.time()
-        m = st.tl.fit_expression_head(train, base, genes=genes, seed=args.seed, head_input=hi, encoder_epochs=ee,
-                                      encoder_targets=et, context_dropout=cd, show_progress=False,
-                                      encoder_lr=args.encoder_lr if name == "L" else 1e-4,
-                                      encoder_mix=args.encoder_mix if name == "M" else 1.0)
+        m = st.tl.fit_expression_head(train, base, genes=genes, seed=args.seed, show_progress=False, **arms[name])
         fit_s[name] = round(time.time() - t0)
         pred[name] = predict(m)
         if name == "A":
@@ -372,11 +368,6 @@ def _st_domain_aris(model, a, key: str, k: int, seeds=(0,)) -> list[float]:
     return out
 
 
-def _st_domain_ari(model, a, key: str, k: int) -> float:
-    """ARI of ``tl.domains`` with k-means seed 0 (:func:`_st_domain_aris`)."""
-    return _st_domain_aris(model, a, key, k)[0]
-
-
 def domaincheck(args) -> None:
     """The domain check of design experiments 36-37 and 44-45: ST-only spatial domains (k-means, K = annotated classes)
     of each model on the validation domain sections, over several k-means seeds; one embedding per model and slide."""
@@ -385,7 +376,6 @@ def domaincheck(args) -> None:
     from _common import read_slide
     from domains import _labelled
 
-    out = {}
     for name in args.models:
         model = st.load_model(name)
         per_slide = {}
@@ -394,9 +384,8 @@ def domaincheck(args) -> None:
             k = int(a.obs[key].nunique())
             aris = _st_domain_aris(model, a, key, k, args.seeds)
             per_slide[spec] = {"K": k, "ARI": aris, "mean": round(float(np.mean(aris)), 4)}
-        out[name] = {"slides": per_slide, "mean": round(float(np.mean([v["mean"] for v in per_slide.values()])), 4),
-                     "sha256": model.checkpoint_sha256}
-        print(json.dumps({"model": name, **out[name]}), flush=True)
+        mean = round(float(np.mean([v["mean"] for v in per_slide.values()])), 4)
+        print(json.dumps({"model": name, "slides": per_slide, "mean": mean, "sha256": model.checkpoint_sha256}), flush=True)
 
 
 def adapt(args) -> None:
@@ -427,7 +416,7 @@ def adapt(args) -> None:
                        "trainer": {"log_every_n_steps": 10, "checkpoint_every_n_steps": 1000, "accelerator": "cpu",
                                    "seed": args.seed}}
                 model = st.load_model(str(pretrain(cfg)))
-            res[n] = {"ARI": _st_domain_ari(model, a, key, k), "seconds": round(time.time() - t0)}
+            res[n] = {"ARI": _st_domain_aris(model, a, key, k)[0], "seconds": round(time.time() - t0)}
         print(json.dumps({"slide": spec, "K": k, "model": args.model, "lr": args.lr, "seed": args.seed, "steps": res}),
               flush=True)
 
@@ -467,7 +456,7 @@ def vocab(args) -> None:
         train_s = round(time.time() - t0)
         ari = {}
         for spec, (a, key, k) in evals.items():
-            ari[spec] = _st_domain_ari(model, a, key, k)
+            ari[spec] = _st_domain_aris(model, a, key, k)[0]
         her = [ari[s] for s in ("C1", "D1", "E1", "F1")]
         print(json.dumps({"arm": name, "vocab": len(genes), "steps": args.steps, "train_s": train_s, "ARI": ari,
                           "her2st_mean": round(float(np.mean(her)), 4)}), flush=True)
