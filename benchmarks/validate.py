@@ -22,6 +22,7 @@ out another training section instead (the other two train; design experiment 23)
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
@@ -178,7 +179,9 @@ def readouts(args) -> None:
     with probability ``--context-dropout`` at every tuning step (``context_dropout``). Design experiment 37: L is A with
     the spatial encoder tuned at ``--encoder-lr`` instead of 1e-4 (``encoder_lr``). Design experiment 44: Z is A with the
     spatial encoder frozen (``encoder_epochs=0``, ``fit_expression_head``'s default). Design experiment 45: M is A with
-    its tuned weights interpolated half-way back to Z's (``encoder_mix=--encoder-mix``, WiSE-FT)."""
+    its tuned weights interpolated half-way back to Z's (``encoder_mix=--encoder-mix``, WiSE-FT). Design experiment 46:
+    N is A with each slide's own BatchNorm statistics throughout (``bn_stats="slide"``, head fitting and prediction);
+    T is A's fitted head predicting with the held-out slide's own statistics (needs A)."""
     import json
 
     import anndata
@@ -191,17 +194,20 @@ def readouts(args) -> None:
     arms = {"A": tuned, "B": {"head_input": "spot"}, "C": {**tuned, "head_input": "centre+spot"},
             "W": {**tuned, "encoder_targets": "window"}, "K": {**tuned, "context_dropout": args.context_dropout},
             "L": {**tuned, "encoder_lr": args.encoder_lr}, "Z": {**tuned, "encoder_epochs": 0},
-            "M": {**tuned, "encoder_mix": args.encoder_mix}}
+            "M": {**tuned, "encoder_mix": args.encoder_mix}, "N": tuned}
     pred, res, fit_s = {}, {}, {}
+    slide_bn = copy.deepcopy(base)  # arm N: the same weights, each slide's own BatchNorm statistics
+    st.models.set_bn_stats(slide_bn, "slide")
 
     def predict(m) -> np.ndarray:
         out = st.tl.impute_expression(val.copy(), m, genes=genes50, key_added="virtual", show_progress=False)
         return np.asarray(out.X, dtype=np.float64)
 
     tuned_a = None
-    for name in [a for a in args.arms if a != "F"]:
+    for name in [a for a in args.arms if a not in ("F", "T")]:
         t0 = time.time()
-        m = st.tl.fit_expression_head(train, base, genes=genes, seed=args.seed, show_progress=False, **arms[name])
+        start = slide_bn if name == "N" else base
+        m = st.tl.fit_expression_head(train, start, genes=genes, seed=args.seed, show_progress=False, **arms[name])
         fit_s[name] = round(time.time() - t0)
         pred[name] = predict(m)
         if name == "A":
@@ -210,6 +216,12 @@ def readouts(args) -> None:
             st.models.save_pretrained(m, f"{args.save}_{name}")
     if "A" in pred and "B" in pred:
         pred["E"] = (pred["A"] + pred["B"]) / 2
+    if "T" in args.arms:  # design experiment 46: A's head, the held-out slide's own BatchNorm statistics
+        if tuned_a is None:
+            raise SystemExit("arm T predicts with A's head: give --arms A ... T")
+        t_model = copy.deepcopy(tuned_a)
+        st.models.set_bn_stats(t_model, "slide")
+        pred["T"] = predict(t_model)
     if "F" in args.arms:  # design experiment 25: more heads on A's tuned encoder, all averaged
         if "A" not in pred:
             raise SystemExit("arm F averages extra heads with A's: give --arms A ... F")
@@ -494,7 +506,7 @@ def main() -> None:
     o.add_argument("--model", required=True)
     o.add_argument("--head-genes", type=int, default=50)
     o.add_argument("--encoder-epochs", type=int, default=10)
-    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F", "W", "K", "L", "Z", "M"])
+    o.add_argument("--arms", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C", "F", "W", "K", "L", "Z", "M", "N", "T"])
     o.add_argument("--encoder-mix", type=float, default=0.5, help="arm M: fit_expression_head(encoder_mix=...)")
     o.add_argument("--context-dropout", type=float, default=0.25, help="arm K: fit_expression_head(context_dropout=...)")
     o.add_argument("--encoder-lr", type=float, default=3e-5, help="arm L: fit_expression_head(encoder_lr=...)")

@@ -339,3 +339,60 @@ def test_patch_geometry_is_recorded_in_provenance(tmp_path):
     fitted = st.tl.fit_expression_head([synthetic_slide(mpp=2.0)], m, genes=GENES[:5], epochs=1, show_progress=False)
     virtual = st.tl.impute_expression(synthetic_slide(mpp=2.0, seed=1)[:, :0].copy(), fitted, show_progress=False)
     assert virtual.uns["storm_virtual"]["patches"]["s1"]["px"] == 40
+
+
+def _first_bn_normalised(model, slide):
+    """The first BatchNorm layer's inputs over every patch of ``slide`` while it is encoded, standardised by the
+    statistics that layer held at the time (timm's BatchNormAct2d applies its activation after; this is before it)."""
+    from storm_st._inference import batchnorm_layers, encode_slide
+
+    seen = []
+
+    def grab(mod, inp):
+        if not mod.training:
+            mean, var = mod.running_mean.view(1, -1, 1, 1), mod.running_var.view(1, -1, 1, 1)
+            seen.append((inp[0].detach() - mean) / torch.sqrt(var + mod.eps))
+
+    hook = batchnorm_layers(model.he_encoder)[0].register_forward_pre_hook(grab)
+    try:
+        encode_slide(model, slide, use_he=True, use_gene=False, batch_size=16)
+    finally:
+        hook.remove()
+    return torch.cat(seen)
+
+
+def test_bn_stats_slide_normalises_each_slide_with_its_own_statistics():
+    m = tiny_model()
+    a = synthetic_slide(9, 9)  # 81 spots: batches of 16 would leave a lone patch, which the estimate must avoid
+    s = prepare_slides(a, m.config, use_he=True, use_gene=False)[0]
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    z = _first_bn_normalised(m, s)  # training statistics (a fresh model's: mean 0, variance 1)
+    assert z.mean(dim=(0, 2, 3)).abs().max() > 0.1  # not centred by statistics the slide did not give
+    st.models.set_bn_stats(m, "slide")
+    z = _first_bn_normalised(m, s)
+    # standardised by its own statistics, the slide's first-layer activations have mean 0 and variance 1 per channel
+    assert torch.allclose(z.mean(dim=(0, 2, 3)), torch.zeros(z.shape[1]), atol=1e-4)
+    assert torch.allclose(z.var(dim=(0, 2, 3)), torch.ones(z.shape[1]), rtol=1e-3)
+    # the model's own statistics, weights and modes are back afterwards
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and not any(x.training for x in m.modules())
+    one = prepare_slides(synthetic_slide(1, 1), m.config, use_he=True, use_gene=False)[0]
+    with pytest.raises(ValueError, match="has 1 spot: use bn_stats='training'"):
+        _first_bn_normalised(m, one)
+
+
+def test_bn_stats_setting_is_validated_and_saved(tmp_path):
+    m = tiny_model()
+    assert m.config.bn_stats == "training"
+    with pytest.raises(ValueError, match="bn_stats must be one of"):
+        st.models.set_bn_stats(m, "batch")
+    st.models.set_bn_stats(m, "slide")
+    save_pretrained(m, tmp_path / "m")
+    assert from_pretrained(tmp_path / "m").config.bn_stats == "slide"
+    assert st.load_model(tmp_path / "m", bn_stats="training").config.bn_stats == "training"
+    d = m.config.to_dict()
+    del d["bn_stats"]  # checkpoints written before the setting existed use the training statistics
+    assert StormConfig.from_dict(d).bn_stats == "training"
+    vit = tiny_model(he_backbone="vit_tiny_patch16_224", he_backbone_kwargs={"img_size": 32})
+    with pytest.raises(ValueError, match="has no BatchNorm layers"):
+        st.models.set_bn_stats(vit, "slide")

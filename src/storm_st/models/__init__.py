@@ -7,6 +7,7 @@ from ._io import (
     load_backbone_weights,
     load_model,
     save_pretrained,
+    set_bn_stats,
     set_stain_normalization,
 )
 from ._layers import alibi_bias, alibi_slopes
@@ -27,5 +28,6 @@ __all__ = [
     "load_backbone_weights",
     "load_model",
     "save_pretrained",
+    "set_bn_stats",
     "set_stain_normalization",
 ]

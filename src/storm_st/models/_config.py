@@ -21,6 +21,20 @@ def check_head_input(value: str) -> str:
     return value
 
 
+#: which BatchNorm statistics the H&E backbone uses (see ``StormConfig.bn_stats``)
+BN_STATS = ("training", "slide")
+
+
+def check_bn_stats(value: str) -> str:
+    """``value`` if it is one of :data:`BN_STATS`, else a clear error."""
+    if value not in BN_STATS:
+        raise ValueError(
+            f"bn_stats must be one of {BN_STATS} (the training slides' BatchNorm statistics, or each slide's own), "
+            f"got {value!r}."
+        )
+    return value
+
+
 @dataclass
 class StormConfig:
     """Architecture, gene vocabulary and image geometry of a STORM model.
@@ -91,6 +105,12 @@ class StormConfig:
         Stain vectors and strengths (:func:`storm_st.pp.stain_reference`) every slide's H&E patches are normalised
         to before the backbone reads them (Macenko; each slide's own stains estimated from its spot patches), or
         ``None`` (default): patches as read.
+    bn_stats
+        Which BatchNorm statistics the H&E backbone normalises with when it encodes a slide: ``"training"``
+        (default) the running statistics of its training slides; ``"slide"`` each slide's own, re-estimated on its
+        spot patches before it is encoded (AdaBN; label-free, costs about one more backbone pass over up to 1024 spots
+        per slide and flip / rotation; weights unchanged). A backbone without BatchNorm (a ViT) is unaffected.
+        See :func:`storm_st.models.set_bn_stats`.
     name
         Free-form model name recorded in provenance.
     """
@@ -120,10 +140,12 @@ class StormConfig:
     head_hidden: int = 512
     head_input: str = "centre"
     stain_reference: dict[str, Any] | None = None
+    bn_stats: str = "training"
     name: str = "storm"
 
     def __post_init__(self):
         check_head_input(self.head_input)
+        check_bn_stats(self.bn_stats)
         if self.patch_mpp is not None and (
             isinstance(self.patch_mpp, bool) or not isinstance(self.patch_mpp, int | float) or not self.patch_mpp > 0
         ):

@@ -146,6 +146,7 @@ def load_model(
     gene_vocab: list[str] | None = None,
     map_location: str | torch.device = "cpu",
     stain_normalize: bool | None = None,
+    bn_stats: str | None = None,
     **config_overrides: Any,
 ) -> StormModel:
     """Load a STORM model.
@@ -170,6 +171,10 @@ def load_model(
         ``config.stain_reference`` is set from the checkpoint's record ``extra["training_stains"]``, written by
         ``storm-st pretrain`` and present in the default checkpoint) -- for slides from other labs or scanners.
         ``False``: read patches as they are. ``None`` (default): as the checkpoint says.
+    bn_stats
+        ``"slide"``: the H&E backbone normalises every slide with BatchNorm statistics of its own patches (AdaBN; see
+        :func:`set_bn_stats`); ``"training"``: with those of its training slides. ``None`` (default): as the
+        checkpoint says.
     **config_overrides
         Fields of :class:`~storm_st.models.StormConfig` for a fresh architecture.
 
@@ -181,6 +186,8 @@ def load_model(
                   **config_overrides)
     if stain_normalize is not None:
         set_stain_normalization(model, stain_normalize)
+    if bn_stats is not None:
+        set_bn_stats(model, bn_stats)
     return model
 
 
@@ -250,6 +257,25 @@ def set_stain_normalization(model: StormModel, on: bool) -> None:
     from storm_st.pp._stain import StainParams
 
     model.config.stain_reference = StainParams.from_dict(ref).to_dict()
+
+
+def set_bn_stats(model: StormModel, value: str) -> None:
+    """Set which BatchNorm statistics ``model``'s H&E backbone uses: ``"training"`` or ``"slide"`` (each slide's own).
+
+    With ``"slide"`` every slide is encoded with BatchNorm statistics re-estimated on its own spot patches (AdaBN),
+    which reads the slide's H&E only; see ``StormConfig.bn_stats``. A head fitted under one setting is best used under
+    the same one: set it before :func:`storm_st.tl.fit_expression_head`.
+    """
+    from storm_st._inference import batchnorm_layers
+    from storm_st.models._config import check_bn_stats
+
+    check_bn_stats(value)
+    if value == "slide" and not batchnorm_layers(model.he_encoder):
+        raise ValueError(
+            f"bn_stats='slide' re-estimates BatchNorm statistics, but this model's H&E backbone "
+            f"({model.config.he_backbone}) has no BatchNorm layers: there is nothing to re-estimate."
+        )
+    model.config.bn_stats = value
 
 
 def _load(name_or_path, *, he_weights, gene_vocab, map_location, **config_overrides) -> StormModel:

@@ -114,6 +114,7 @@ def embed(
         "model_sha256": model_hash(model) or "",
         "modalities": "+".join(m for m, u in (("he", use_he), ("st", use_gene)) if u),
         "stain_normalized": use_he and model.config.stain_reference is not None,
+        **({"bn_stats": model.config.bn_stats} if use_he else {}),
         **({"patches": out["patches"]} if use_he else {}),
         **({"vocab_coverage": coverage} if coverage is not None else {}),
         "key_added": key_added,

@@ -449,6 +449,7 @@ def impute_expression(
         "tta": tta,
         "smooth": smooth,
         "stain_normalized": model.config.stain_reference is not None,
+        "bn_stats": model.config.bn_stats,
         "patches": out["patches"],
         "units": "log1p(counts per 10k)",
         "version": __version__,
