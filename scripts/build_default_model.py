@@ -92,6 +92,9 @@ def main() -> None:
     ap.add_argument("--stain-normalize", action="store_true",
                     help="fit the head on stain-normalised patches and keep normalisation on in the checkpoint "
                          "(config.stain_reference = the stains of the H&E training slides; design experiment 17)")
+    ap.add_argument("--bn-stats", default="training", choices=["training", "slide"],
+                    help="fit the head with, and keep in the checkpoint, this BatchNorm setting of the H&E backbone "
+                         "(config.bn_stats; 'slide': each slide's own statistics, design experiment 46)")
     ap.add_argument("--record-training-stains", action="store_true",
                     help="only record the stains of the training slides in the checkpoint at --out (extra['training_stains'], "
                          "used by load_model(stain_normalize=True); weights and behaviour unchanged), then rewrite the docs")
@@ -122,6 +125,7 @@ def main() -> None:
         train = [st.datasets.her2st(s) for s in TRAIN]
         if args.stain_normalize:  # every slide, training ones included, normalised to the run's recorded training stains
             st.models.set_stain_normalization(model, True)
+        st.models.set_bn_stats(model, args.bn_stats)  # before the head is fitted: it is fitted as it will predict
         genes = st.pp.select_hvgs(train, args.n_genes)
         model = st.tl.fit_expression_head(
             train, model, genes=genes, finetune_epochs=args.finetune_epochs, head_input=args.head_input,
@@ -197,6 +201,13 @@ def main() -> None:
         "- **No separate self-supervised backbone pretraining** was run: within the CPU budget the EMA-teacher\n"
         "  term already gives the backbone a self-supervised signal on every H&E spot of the batch."
     )
+    bn_row = (
+        "each slide its own (`config.bn_stats = \"slide\"`: AdaBN, re-estimated on every slide's spot patches before it is "
+        "encoded, the head fitted so; design experiment 46); `load_model(bn_stats=\"training\")` uses the training slides' "
+        "running statistics" if model.config.bn_stats == "slide" else
+        "the training slides' running statistics (`config.bn_stats = \"training\"`); `load_model(bn_stats=\"slide\")` "
+        "re-estimates them on each slide (design experiment 46)"
+    )
     doc = f"""# The default checkpoint
 
 The embedded model (`storm_st.load_model()`) was trained by the package's own pretraining command on
@@ -204,7 +215,7 @@ this machine: **{model.extra['machine']}**.
 
 ```bash
 {sup_cmd}storm-st pretrain --config configs/default.yaml
-python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}{f' --head-input {args.head_input}' if args.head_input != 'centre' else ''}{f' --encoder-epochs {args.encoder_epochs}' if args.encoder_epochs else ''}{'' if args.smooth_targets is None else f' --smooth-targets {args.smooth_targets:g}'}{' --stain-normalize' if model.config.stain_reference else ''}
+python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}{f' --head-input {args.head_input}' if args.head_input != 'centre' else ''}{f' --encoder-epochs {args.encoder_epochs}' if args.encoder_epochs else ''}{'' if args.smooth_targets is None else f' --smooth-targets {args.smooth_targets:g}'}{' --stain-normalize' if model.config.stain_reference else ''}{' --bn-stats slide' if model.config.bn_stats == 'slide' else ''}
 ```
 
 | | |
@@ -219,6 +230,7 @@ python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {a
 | pretraining wall time | {_wall_time(info)} |
 | expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), reads {HEAD_READS[model.config.head_input]}{f', trained on neighbour-smoothed targets (w = {smooth_used:g}, design experiment 15)' if smooth_used else ''}, 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.encoder_epochs} epochs training the spatial encoder with the head on the frozen backbone tokens (design experiment 12; every embedding of the shipped model uses that tuned encoder)' if args.encoder_epochs else ''}{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
 | stain normalisation | {'every slide normalised to the stains of ' + ', '.join(TRAIN) + ' (Macenko; `config.stain_reference`; design experiment 17), head fitted on normalised patches; `load_model(stain_normalize=False)` reads patches as they are' if model.config.stain_reference else 'off (patches as read; design experiments 16, 17)'}{'; the stains of ' + ', '.join(TRAIN) + ' are recorded (`--record-training-stains`), so `load_model(stain_normalize=True)` normalises every slide to them' if model.extra.get('training_stains') and not model.config.stain_reference else ''} |
+| BatchNorm statistics | {bn_row} |
 | checkpoint | float16 safetensors + config.json with sha256 (of the weights), {size:.1f} MiB |
 
 ![pretraining loss](_static/pretraining_loss.png)

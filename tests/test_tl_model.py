@@ -43,6 +43,27 @@ def test_embed_multislide_matches_single(model):
     np.testing.assert_allclose(both.obsm["X_storm"][: a.n_obs], a.obsm["X_storm"], rtol=1e-4, atol=1e-5)
 
 
+def test_bn_stats_slide_gives_each_slide_its_own_statistics(model):
+    import copy
+
+    m = copy.deepcopy(model)
+    st.models.set_bn_stats(m, "slide")
+    a, b = synthetic_slide(library_id="a"), synthetic_slide(library_id="b", seed=3)
+    img = b.uns["spatial"]["b"]["images"]["hires"]
+    b.uns["spatial"]["b"]["images"]["hires"] = (img * 0.5).astype(np.uint8)  # a fainter slide beside it
+    both = st.io.concat_slides([a, b])
+    kw = {"modalities": "he", "copy": True, "show_progress": False}
+    e_both, e_a = st.tl.embed(both, m, **kw), st.tl.embed(a, m, **kw)
+    # each slide is normalised by its own statistics, whatever slides share its AnnData
+    np.testing.assert_allclose(e_both.obsm["X_storm"][: a.n_obs], e_a.obsm["X_storm"], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(st.tl.embed(a, model, **kw).obsm["X_storm"], e_a.obsm["X_storm"], atol=1e-3)
+    assert e_a.uns["storm"]["bn_stats"] == "slide"
+    head = st.tl.fit_expression_head([a], m, genes=GENES[:4], epochs=1, augment=False, show_progress=False)
+    assert head.config.bn_stats == "slide"  # a head fitted under the setting predicts under it
+    v = st.tl.impute_expression(b, head, tta=False, show_progress=False)
+    assert v.uns["storm_virtual"]["bn_stats"] == "slide" and np.isfinite(v.X).all()
+
+
 def test_embed_and_impute_spatialdata(model_with_head):
     a = synthetic_slide()
     sdata = st.io.to_spatialdata(a)
