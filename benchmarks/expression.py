@@ -161,12 +161,14 @@ def random_like(model, seed: int):
 
 def as_shipped(model, shipped):
     """``model`` -- a pretrained model before its head, e.g. ``runs/default/model`` -- set to read patches as the shipped
-    checkpoint ``shipped`` does (its stain normalisation reference and pixel size), so that a head refitted on it follows
-    the shipped recipe (``scripts/build_default_model.py --stain-normalize``). Changes ``model`` in place; returns it."""
+    checkpoint ``shipped`` does (its stain normalisation reference, pixel size and BatchNorm statistics), so that a head
+    refitted on it follows the shipped recipe (``scripts/build_default_model.py --stain-normalize [--bn-stats slide]``).
+    Changes ``model`` in place; returns it."""
     import copy
 
     model.config.stain_reference = copy.deepcopy(shipped.config.stain_reference)
     model.config.patch_mpp = shipped.config.patch_mpp
+    model.config.bn_stats = shipped.config.bn_stats
     return model
 
 
