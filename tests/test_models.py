@@ -396,3 +396,10 @@ def test_bn_stats_setting_is_validated_and_saved(tmp_path):
     vit = tiny_model(he_backbone="vit_tiny_patch16_224", he_backbone_kwargs={"img_size": 32})
     with pytest.raises(ValueError, match="has no BatchNorm layers"):
         st.models.set_bn_stats(vit, "slide")
+    vit.config.bn_stats = "slide"  # set in a config by hand: encoding is simply unaffected
+    s = prepare_slides(synthetic_slide(), vit.config, use_he=True, use_gene=False)[0]
+    from storm_st._inference import encode_slide
+
+    a = encode_slide(vit, s, use_he=True, use_gene=False).embedding
+    vit.config.bn_stats = "training"
+    np.testing.assert_array_equal(a, encode_slide(vit, s, use_he=True, use_gene=False).embedding)

@@ -47,6 +47,9 @@ def slide_bn_stats(
             f"{slide.library_id!r} has {slide.n} spot: use bn_stats='training' (storm_st.models.set_bn_stats) for it."
         )
     layers = batchnorm_layers(model.he_encoder)
+    if not layers:  # a backbone without BatchNorm (a ViT): nothing to re-estimate, no extra pass
+        yield
+        return
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.training) for m in layers]
     sums = [None] * len(layers)  # per layer: (count, sum, sum of squares) per channel, in float64
 
