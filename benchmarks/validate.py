@@ -196,8 +196,9 @@ def readouts(args) -> None:
             "L": {**tuned, "encoder_lr": args.encoder_lr}, "Z": {**tuned, "encoder_epochs": 0},
             "M": {**tuned, "encoder_mix": args.encoder_mix}, "N": tuned}
     pred, res, fit_s = {}, {}, {}
-    slide_bn = copy.deepcopy(base)  # arm N: the same weights, each slide's own BatchNorm statistics
-    st.models.set_bn_stats(slide_bn, "slide")
+    if "N" in args.arms:  # the same weights, each slide's own BatchNorm statistics
+        slide_bn = copy.deepcopy(base)
+        st.models.set_bn_stats(slide_bn, "slide")
 
     def predict(m) -> np.ndarray:
         out = st.tl.impute_expression(val.copy(), m, genes=genes50, key_added="virtual", show_progress=False)
