@@ -147,7 +147,8 @@ def main() -> None:
     static = ROOT / "docs" / "_static"
     static.mkdir(parents=True, exist_ok=True)
     log = run / "logs" / "version_0" / "metrics.csv"
-    if log.is_file():
+    # --docs-only keeps the figure drawn when the checkpoint was built: a run folder now on disk may be another run
+    if log.is_file() and not args.docs_only:
         metrics = pd.read_csv(log)
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
         for key, a in (("train/loss_st", ax[0]), ("train/loss_he", ax[1])):
@@ -161,7 +162,7 @@ def main() -> None:
     elif not (static / "pretraining_loss.png").is_file():
         raise FileNotFoundError(f"No pretraining log at {log} and no loss figure in {static} to keep.")
     else:
-        print(f"{log} not found: docs/_static/pretraining_loss.png kept as it is")
+        print(f"{'--docs-only' if args.docs_only else f'{log} not found'}: docs/_static/pretraining_loss.png kept as it is")
     info = model.extra.get("pretraining", {})
     cfg = info.get("config", {})
     tcfg = cfg.get("training", {})
