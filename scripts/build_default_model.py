@@ -3,6 +3,10 @@
     storm-st pretrain --config configs/default.yaml            # -> runs/default
     python scripts/build_default_model.py --run runs/default    # -> src/storm_st/models/_weights/default
 
+Several ``--run`` folders (runs of one config from one start that differ in ``trainer.data_seed``) are averaged
+into one pretrained model (``storm_st.models.average_models``, written to ``--average-out``) before the head is
+fitted; the loss figure then draws every run (design experiment 47).
+
 ``--encoder PATH`` refits only the head on the encoder of an existing checkpoint (e.g. the shipped one, to
 change ``--head-input``); the loss figure is then redrawn only if the run's log is still there.
 
@@ -74,9 +78,50 @@ def _wall_time(info: dict) -> str:
     return f"{wall} s on the CPU above, shared with other work"
 
 
+def _pretrained(runs: list[Path], average_out: str):
+    """The exported model of one run, or the weight average of several (saved to ``average_out``)."""
+    if len(runs) == 1:
+        return from_pretrained(runs[0] / "model")
+    models = [from_pretrained(run / "model") for run in runs]
+    infos = [m.extra.get("pretraining", {}) for m in models]
+    model = st.models.average_models(models)
+    model.extra["pretraining"] = {
+        **infos[0],
+        "wall_time_s": sum(float(i.get("wall_time_s") or 0) for i in infos),
+        "averaged_runs": [
+            {"run": str(run), "data_seed": _data_seed(i), "steps": i.get("steps"), "wall_time_s": i.get("wall_time_s"),
+             "sha256": m.checkpoint_sha256}
+            for run, i, m in zip(runs, infos, models)
+        ],
+    }
+    save_pretrained(model, average_out)
+    print(f"averaged pretrained model of {', '.join(map(str, runs))}: {average_out}")
+    return from_pretrained(average_out)
+
+
+def _data_seed(info: dict) -> int:
+    trainer = info.get("config", {}).get("trainer", {})
+    return int(trainer.get("data_seed") if trainer.get("data_seed") is not None else trainer.get("seed", 0))
+
+
+def _pretrain_commands(averaged: list[dict]) -> str:
+    """The ``storm-st pretrain`` command(s) of the run(s) the checkpoint was built from."""
+    if not averaged:
+        return "storm-st pretrain --config configs/default.yaml"
+    lines = []
+    for r in averaged:
+        extra = "" if r["run"] == "runs/default" else f" --output {r['run']}"
+        extra += f" --set trainer.data_seed={r['data_seed']}" if r["data_seed"] else ""
+        lines.append(f"storm-st pretrain --config configs/default.yaml{extra}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", default="runs/default")
+    ap.add_argument("--run", nargs="+", default=["runs/default"],
+                    help="pretraining run folder(s); several are averaged into one pretrained model (average_models)")
+    ap.add_argument("--average-out", default="runs/default_avg/model",
+                    help="with several --run: where the averaged pretrained model (before the head) is saved")
     ap.add_argument("--n-genes", type=int, default=1000)
     ap.add_argument("--finetune-epochs", type=int, default=0, help="fit_expression_head(finetune_epochs=...)")
     ap.add_argument("--head-input", default="centre", choices=["centre", "centre+spot", "spot"],
@@ -99,7 +144,7 @@ def main() -> None:
                     help="only record the stains of the training slides in the checkpoint at --out (extra['training_stains'], "
                          "used by load_model(stain_normalize=True); weights and behaviour unchanged), then rewrite the docs")
     args = ap.parse_args()
-    run = Path(args.run)
+    runs = [Path(r) for r in args.run]
     if args.record_training_stains:
         model = from_pretrained(args.out)
         model.extra["training_stains"] = st.pp.stain_reference([st.datasets.her2st(s) for s in TRAIN])
@@ -118,9 +163,10 @@ def main() -> None:
         if args.encoder:
             model = from_pretrained(args.encoder)
         else:
-            if not (run / "model" / "config.json").is_file():
-                export_run(run)  # a run stopped before the end: export its last checkpoint
-            model = from_pretrained(run / "model")
+            for run in runs:
+                if not (run / "model" / "config.json").is_file():
+                    export_run(run)  # a run stopped before the end: export its last checkpoint
+            model = _pretrained(runs, args.average_out)
         t0 = time.time()
         train = [st.datasets.her2st(s) for s in TRAIN]
         if args.stain_normalize:  # every slide, training ones included, normalised to the run's recorded training stains
@@ -146,24 +192,31 @@ def main() -> None:
     # ---- docs/pretraining.md: loss curves + facts of the run
     static = ROOT / "docs" / "_static"
     static.mkdir(parents=True, exist_ok=True)
-    log = run / "logs" / "version_0" / "metrics.csv"
+    logs = [run / "logs" / "version_0" / "metrics.csv" for run in runs]
     # --docs-only keeps the figure drawn when the checkpoint was built: a run folder now on disk may be another run
-    if log.is_file() and not args.docs_only:
-        metrics = pd.read_csv(log)
+    if all(log.is_file() for log in logs) and not args.docs_only:
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-        for key, a in (("train/loss_st", ax[0]), ("train/loss_he", ax[1])):
-            d = metrics[["step", key]].dropna()
-            a.plot(d["step"], d[key], lw=0.8, alpha=0.5)
-            a.plot(d["step"], d[key].rolling(10, min_periods=1).mean(), lw=2)
-            a.set_xlabel("optimizer step")
-            a.set_title({"train/loss_st": "ST: Gaussian NLL (masked spots)", "train/loss_he": "H&E: EMA-feature MSE/2 (masked)"}[key])
+        for i, (run, log) in enumerate(zip(runs, logs)):
+            metrics = pd.read_csv(log)
+            for key, a in (("train/loss_st", ax[0]), ("train/loss_he", ax[1])):
+                d = metrics[["step", key]].dropna()
+                a.plot(d["step"], d[key], lw=0.8, alpha=0.3, color=f"C{i}")
+                a.plot(d["step"], d[key].rolling(10, min_periods=1).mean(), lw=2, color=f"C{i}",
+                       label=f"{run.name} (rolling mean of 10)")
+                a.set_xlabel("optimizer step")
+                a.set_title({"train/loss_st": "ST: Gaussian NLL (masked spots)",
+                             "train/loss_he": "H&E: EMA-feature MSE/2 (masked)"}[key])
+        if len(runs) > 1:
+            ax[0].legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(static / "pretraining_loss.png", dpi=110)
     elif not (static / "pretraining_loss.png").is_file():
-        raise FileNotFoundError(f"No pretraining log at {log} and no loss figure in {static} to keep.")
+        raise FileNotFoundError(f"No pretraining log at {', '.join(map(str, logs))} and no loss figure in {static} to keep.")
     else:
-        print(f"{'--docs-only' if args.docs_only else f'{log} not found'}: docs/_static/pretraining_loss.png kept as it is")
+        missing = [str(log) for log in logs if not log.is_file()]
+        print(f"{'--docs-only' if args.docs_only else f'{missing} not found'}: docs/_static/pretraining_loss.png kept as it is")
     info = model.extra.get("pretraining", {})
+    averaged = info.get("averaged_runs", [])  # several runs averaged into one model (design experiment 47)
     cfg = info.get("config", {})
     tcfg = cfg.get("training", {})
     init = tcfg.get("init_backbone")
@@ -215,8 +268,8 @@ The embedded model (`storm_st.load_model()`) was trained by the package's own pr
 this machine: **{model.extra['machine']}**.
 
 ```bash
-{sup_cmd}storm-st pretrain --config configs/default.yaml
-python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}{f' --head-input {args.head_input}' if args.head_input != 'centre' else ''}{f' --encoder-epochs {args.encoder_epochs}' if args.encoder_epochs else ''}{'' if args.smooth_targets is None else f' --smooth-targets {args.smooth_targets:g}'}{' --stain-normalize' if model.config.stain_reference else ''}{' --bn-stats slide' if model.config.bn_stats == 'slide' else ''}
+{sup_cmd}{_pretrain_commands(averaged)}
+python scripts/build_default_model.py --run {' '.join(r['run'] for r in averaged) or 'runs/default'}{f' --finetune-epochs {args.finetune_epochs}' if args.finetune_epochs else ''}{f' --head-input {args.head_input}' if args.head_input != 'centre' else ''}{f' --encoder-epochs {args.encoder_epochs}' if args.encoder_epochs else ''}{'' if args.smooth_targets is None else f' --smooth-targets {args.smooth_targets:g}'}{' --stain-normalize' if model.config.stain_reference else ''}{' --bn-stats slide' if model.config.bn_stats == 'slide' else ''}
 ```
 
 | | |
@@ -227,8 +280,8 @@ python scripts/build_default_model.py --run runs/default{f' --finetune-epochs {a
 | gene vocabulary | {len(model.config.gene_vocab)} genes (seurat_v3 highly variable genes over all pretraining slides, slides as batches) |
 | H&E backbone | `{model.config.he_backbone}` at {model.config.image_size} px over {model.config.patch_fov_um(100):.0f} µm around each 100 µm spot ({model.config.patch_fov_um(100) / model.config.image_size:.2f} µm/px), {init_row} |
 | spatial encoder | {model.config.depth} blocks, width {model.config.hidden_dim}, {model.config.num_heads} heads, MoME FFNs, 2-D ALiBi |
-| optimizer steps | {info.get('steps')} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}{', centres drawn as a contiguous region' if cfg.get('data', {}).get('contiguous') else ', random centres'}; {paired:.0%} of the windows from the H&E + ST slides, the rest from the expression-only ones, `data.paired_fraction`) |
-| pretraining wall time | {_wall_time(info)} |
+| optimizer steps | {info.get('steps')}{f' in each of {len(averaged)} runs that differ only in their data stream (`trainer.data_seed` ' + ', '.join(str(r['data_seed']) for r in averaged) + '), their weights averaged into one model (`average_models`, design experiment 47)' if averaged else ''} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}{', centres drawn as a contiguous region' if cfg.get('data', {}).get('contiguous') else ', random centres'}; {paired:.0%} of the windows from the H&E + ST slides, the rest from the expression-only ones, `data.paired_fraction`) |
+| pretraining wall time | {'; '.join(f"{r['run']}: {_wall_time(r)}" for r in averaged) or _wall_time(info)} |
 | expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), reads {HEAD_READS[model.config.head_input]}{f', trained on neighbour-smoothed targets (w = {smooth_used:g}, design experiment 15)' if smooth_used else ''}, 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.encoder_epochs} epochs training the spatial encoder with the head on the frozen backbone tokens (design experiment 12; every embedding of the shipped model uses that tuned encoder)' if args.encoder_epochs else ''}{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
 | stain normalisation | {'every slide normalised to the stains of ' + ', '.join(TRAIN) + ' (Macenko; `config.stain_reference`; design experiment 17), head fitted on normalised patches; `load_model(stain_normalize=False)` reads patches as they are' if model.config.stain_reference else 'off (patches as read; design experiments 16, 17)'}{'; the stains of ' + ', '.join(TRAIN) + ' are recorded (`--record-training-stains`), so `load_model(stain_normalize=True)` normalises every slide to them' if model.extra.get('training_stains') and not model.config.stain_reference else ''} |
 | BatchNorm statistics | {bn_row} |
