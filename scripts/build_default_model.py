@@ -78,6 +78,12 @@ def _wall_time(info: dict) -> str:
     return f"{wall} s on the CPU above, shared with other work"
 
 
+def _averaged_wall_time(averaged: list[dict]) -> str:
+    """The wall-time cell of averaged runs: each ran in its own process, not necessarily on the machine of the head fit."""
+    each = ", ".join(f"{r['run']} {r.get('wall_time_s', '?')} s" for r in averaged)
+    return f"{each} (each on a 2-core CPU shared with other work; the head was fitted on the machine above)"
+
+
 def _pretrained(runs: list[Path], average_out: str):
     """The exported model of one run, or the weight average of several (saved to ``average_out``)."""
     if len(runs) == 1:
@@ -281,7 +287,7 @@ python scripts/build_default_model.py --run {' '.join(r['run'] for r in averaged
 | H&E backbone | `{model.config.he_backbone}` at {model.config.image_size} px over {model.config.patch_fov_um(100):.0f} µm around each 100 µm spot ({model.config.patch_fov_um(100) / model.config.image_size:.2f} µm/px), {init_row} |
 | spatial encoder | {model.config.depth} blocks, width {model.config.hidden_dim}, {model.config.num_heads} heads, MoME FFNs, 2-D ALiBi |
 | optimizer steps | {info.get('steps')}{f' in each of {len(averaged)} runs that differ only in their data stream (`trainer.data_seed` ' + ', '.join(str(r['data_seed']) for r in averaged) + '), their weights averaged into one model (`average_models`, design experiment 47)' if averaged else ''} (windows per batch: {cfg.get('data', {}).get('windows_per_batch')}{', centres drawn as a contiguous region' if cfg.get('data', {}).get('contiguous') else ', random centres'}; {paired:.0%} of the windows from the H&E + ST slides, the rest from the expression-only ones, `data.paired_fraction`) |
-| pretraining wall time | {'; '.join(f"{r['run']}: {_wall_time(r)}" for r in averaged) or _wall_time(info)} |
+| pretraining wall time | {_averaged_wall_time(averaged) if averaged else _wall_time(info)} |
 | expression head | {len(model.config.head_genes)} genes (top HVGs of {', '.join(TRAIN)}), reads {HEAD_READS[model.config.head_input]}{f', trained on neighbour-smoothed targets (w = {smooth_used:g}, design experiment 15)' if smooth_used else ''}, 10 epochs on the frozen encoder, 8 flips/rotations per spot{f', then {args.encoder_epochs} epochs training the spatial encoder with the head on the frozen backbone tokens (design experiment 12; every embedding of the shipped model uses that tuned encoder)' if args.encoder_epochs else ''}{f', then {args.finetune_epochs} epochs of whole-network fine-tuning on spot crops' if args.finetune_epochs else ''}, {head_s:.0f} s |
 | stain normalisation | {'every slide normalised to the stains of ' + ', '.join(TRAIN) + ' (Macenko; `config.stain_reference`; design experiment 17), head fitted on normalised patches; `load_model(stain_normalize=False)` reads patches as they are' if model.config.stain_reference else 'off (patches as read; design experiments 16, 17)'}{'; the stains of ' + ', '.join(TRAIN) + ' are recorded (`--record-training-stains`), so `load_model(stain_normalize=True)` normalises every slide to them' if model.extra.get('training_stains') and not model.config.stain_reference else ''} |
 | BatchNorm statistics | {bn_row} |

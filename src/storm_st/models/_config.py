@@ -107,10 +107,10 @@ class StormConfig:
         ``None`` (default): patches as read.
     bn_stats
         Which BatchNorm statistics the H&E backbone normalises with when it encodes a slide: ``"training"``
-        (default) the running statistics of its training slides; ``"slide"`` each slide's own, re-estimated on its
-        spot patches before it is encoded (AdaBN; label-free, costs about one more backbone pass over up to 1024 spots
-        per slide and flip / rotation; weights unchanged). A backbone without BatchNorm (a ViT) is unaffected.
-        See :func:`storm_st.models.set_bn_stats`.
+        (default for new configurations) the running statistics of its training slides; ``"slide"`` each slide's
+        own, re-estimated on its spot patches before it is encoded (AdaBN; label-free, costs about one more backbone
+        pass over up to 1024 spots per slide and flip / rotation; weights unchanged; the default checkpoint uses it).
+        A backbone without BatchNorm (a ViT) is unaffected. See :func:`storm_st.models.set_bn_stats`.
     name
         Free-form model name recorded in provenance.
     """
