@@ -403,3 +403,42 @@ def test_bn_stats_setting_is_validated_and_saved(tmp_path):
     a = encode_slide(vit, s, use_he=True, use_gene=False).embedding
     vit.config.bn_stats = "training"
     np.testing.assert_array_equal(a, encode_slide(vit, s, use_he=True, use_gene=False).embedding)
+
+
+def test_build_default_model_averages_several_runs(tmp_path):
+    """scripts/build_default_model.py --run A B: the runs' exported models are averaged (design experiment 47), each
+    run's facts kept for the docs, and the averaged pretrained model saved where --average-out says."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_default_model.py"
+    spec = importlib.util.spec_from_file_location("build_default_model", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    runs = []
+    for i, data_seed in enumerate((None, 1)):
+        torch.manual_seed(i)
+        m = StormModel(tiny_config()).eval()
+        m.extra = {"pretraining": {"steps": 3, "wall_time_s": 10.0 + i,
+                                   "config": {"trainer": {"seed": 0, "data_seed": data_seed}}}}
+        run = tmp_path / ("default" if i == 0 else "default_ds1")
+        save_pretrained(m, run / "model")
+        runs.append(run)
+    one = script._pretrained(runs[:1], str(tmp_path / "unused"))
+    assert "averaged_runs" not in one.extra["pretraining"] and not (tmp_path / "unused").exists()
+    soup = script._pretrained(runs, str(tmp_path / "avg"))
+    a, b = (from_pretrained(r / "model").state_dict() for r in runs)
+    for k, v in soup.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (a[k] + b[k]) / 2, rtol=0, atol=1e-6)
+    assert from_pretrained(tmp_path / "avg").checkpoint_sha256 == soup.checkpoint_sha256
+    info = soup.extra["pretraining"]
+    assert [r["data_seed"] for r in info["averaged_runs"]] == [0, 1] and info["wall_time_s"] == 21.0
+    assert info["steps"] == 3 and info["averaged_runs"][1]["sha256"] != info["averaged_runs"][0]["sha256"]
+    averaged = [{**r, "run": f"runs/{Path(r['run']).name}"} for r in info["averaged_runs"]]
+    assert script._pretrain_commands(averaged).splitlines() == [
+        "storm-st pretrain --config configs/default.yaml",
+        "storm-st pretrain --config configs/default.yaml --output runs/default_ds1 --set trainer.data_seed=1",
+    ]
+    assert "runs/default 10.0 s, runs/default_ds1 11.0 s" in script._averaged_wall_time(averaged)
