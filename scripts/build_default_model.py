@@ -271,7 +271,7 @@ def main() -> None:
     doc = f"""# The default checkpoint
 
 The embedded model (`storm_st.load_model()`) was trained by the package's own pretraining command on
-this machine: **{model.extra['machine']}**.
+{'2-core CPUs (each run on its own; see the wall-time row); its head was fitted on ' if averaged else ''}this machine: **{model.extra['machine']}**.
 
 ```bash
 {sup_cmd}{_pretrain_commands(averaged)}
