@@ -34,7 +34,7 @@ import torch
 import storm_st as st
 from storm_st.models import from_pretrained, save_pretrained
 from storm_st.tl._expression import TARGET_SMOOTHING
-from storm_st.train._runner import DEFAULTS, export_run
+from storm_st.train._runner import DEFAULTS, data_seed, export_run
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Results of benchmarks/validate.py that motivated configs/default.yaml (kept with the report it generates).
@@ -95,7 +95,7 @@ def _pretrained(runs: list[Path], average_out: str):
         **infos[0],
         "wall_time_s": sum(float(i.get("wall_time_s") or 0) for i in infos),
         "averaged_runs": [
-            {"run": str(run), "data_seed": _data_seed(i), "steps": i.get("steps"), "wall_time_s": i.get("wall_time_s"),
+            {"run": str(run), "data_seed": data_seed(i.get("config", {}).get("trainer", {})), "steps": i.get("steps"), "wall_time_s": i.get("wall_time_s"),
              "sha256": m.checkpoint_sha256}
             for run, i, m in zip(runs, infos, models)
         ],
@@ -103,11 +103,6 @@ def _pretrained(runs: list[Path], average_out: str):
     save_pretrained(model, average_out)
     print(f"averaged pretrained model of {', '.join(map(str, runs))}: {average_out}")
     return from_pretrained(average_out)
-
-
-def _data_seed(info: dict) -> int:
-    trainer = info.get("config", {}).get("trainer", {})
-    return int(trainer.get("data_seed") if trainer.get("data_seed") is not None else trainer.get("seed", 0))
 
 
 def _pretrain_commands(averaged: list[dict]) -> str:

@@ -51,6 +51,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def data_seed(trainer: dict[str, Any]) -> int:
+    """The seed of a run's data stream: ``trainer.data_seed``, or ``trainer.seed`` when it is unset (or not recorded)."""
+    seed = trainer.get("data_seed")
+    return int(trainer.get("seed", 0) if seed is None else seed)
+
+
 def _apply_overrides(user: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """``section.key=value`` strings (values read as YAML) set on a copy of a config's content."""
     import yaml
@@ -309,8 +315,8 @@ def pretrain(
     logger.info("pretraining on %d slides, %d spots, vocabulary of %d genes", len(slides), n_spots, len(vocab))
     acc = int(tr["accumulate_grad_batches"])
     steps = int(cfg["training"]["max_steps"])
-    data_seed = int(tr["seed"] if tr["data_seed"] is None else tr["data_seed"])
-    sampler = WindowSampler(slides, windows=cfg["data"]["windows_per_batch"], steps=steps * acc, patch_size=cache_size, seed=data_seed,
+    stream_seed = data_seed(tr)
+    sampler = WindowSampler(slides, windows=cfg["data"]["windows_per_batch"], steps=steps * acc, patch_size=cache_size, seed=stream_seed,
         paired_fraction=cfg["data"]["paired_fraction"], contiguous=cfg["data"]["contiguous"], weights=slide_weights,
     )
     ckpt_dir = out / "checkpoints"
@@ -331,7 +337,7 @@ def pretrain(
     training_kw = {k: v for k, v in cfg["training"].items() if k != "init_model"}
     if resuming:  # the checkpoint holds the weights: the start file is not needed (nor read) again
         training_kw["init_backbone"] = None
-    module = StormPretraining(model_cfg.to_dict(), seed=data_seed, **training_kw)
+    module = StormPretraining(model_cfg.to_dict(), seed=stream_seed, **training_kw)
     if init is not None and not resuming:
         module.start_from(init)
     start_step, log_dir = 0, out / "logs" / "version_0"  # where the CSVLogger below writes (name="logs", version=0)
